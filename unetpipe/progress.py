@@ -1,0 +1,55 @@
+"""Progress bars that go where the user looks.
+
+On a terminal they go to standard error. Under Snakemake the command line is
+given ``--log FILE`` and they go to that file, so parallel jobs do not draw
+over each other in Snakemake's own output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import IO
+
+_stream: IO[str] | None = None
+
+
+def set_stream(stream: IO[str] | None) -> None:
+    """Send progress bars to ``stream`` (None: standard error)."""
+    global _stream
+    _stream = stream
+
+
+def stream() -> IO[str]:
+    return _stream if _stream is not None else sys.stderr
+
+
+def enabled() -> bool:
+    """Draw bars into a log file given with ``--log``, or on a terminal; nowhere else."""
+    if _stream is not None:
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def bar(iterable=None, **kwargs):
+    """A tqdm progress bar on the current stream."""
+    from tqdm import tqdm
+
+    kwargs.setdefault("mininterval", 1.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs["disable"] = kwargs.get("disable", False) or not enabled()
+    return tqdm(iterable, file=stream(), **kwargs)
+
+
+@contextlib.contextmanager
+def dask_bar(desc: str | None, **kwargs):
+    """Show the progress of the Dask computations run inside the block."""
+    if desc is None or not enabled():
+        yield
+        return
+    from tqdm.dask import TqdmCallback
+
+    kwargs.setdefault("mininterval", 1.0)
+    with TqdmCallback(desc=desc, file=stream(), **kwargs):
+        yield
