@@ -1,0 +1,218 @@
+"""The ``unetpipe`` command line: one subcommand per pipeline stage.
+
+Each subcommand only parses arguments, loads, calls a library function and
+writes; the Snakemake rules call these. Configuration options are config keys
+(see ``workflow/schemas/config.schema.yaml``): each can be given as an option,
+or all of them through ``--configfile``.
+
+Errors caused by the input (a bad file, a wrong config value) are printed as
+one line naming the file or key, and the exit status is 1; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .config import add_config_options, config_from_args
+from .errors import UnetpipeError
+
+log = logging.getLogger("unetpipe")
+
+PREPROCESS_KEYS = (
+    "data.axes", "data.spacing", "data.channels",
+    "preprocess.percentiles", "preprocess.clip", "preprocess.sample_size",
+    "preprocess.chunks", "preprocess.pyramid_levels",
+)
+SYNTH_KEYS = (
+    "demo.dir", "demo.ndim", "demo.seed", "demo.n_train", "demo.n_val", "demo.n_predict",
+    "demo.train_shape", "demo.predict_shape", "demo.spacing",
+)
+
+
+def _set_threads(threads: int | None) -> None:
+    import dask
+
+    if threads:
+        dask.config.set(scheduler="threads", num_workers=threads)
+
+
+# --- subcommands ----------------------------------------------------------------
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from .demo import write_demo
+
+    cfg = config_from_args(args)["demo"]
+    files = write_demo(cfg["dir"], ndim=cfg["ndim"], seed=cfg["seed"], n_train=cfg["n_train"],
+                       n_val=cfg["n_val"], n_predict=cfg["n_predict"],
+                       train_shape=cfg["train_shape"], predict_shape=cfg["predict_shape"],
+                       spacing=cfg["spacing"], progress=not args.quiet)
+    log.info("synth: wrote %d files (%d images with labels) to %s", len(files), len(files) // 2,
+             cfg["dir"])
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from .preprocess import preprocess_file
+    from .samples import sample_name
+
+    cfg = config_from_args(args)
+    _set_threads(args.threads)
+    pre = cfg["preprocess"]
+    result = preprocess_file(
+        args.image, args.output, labels_path=args.labels, axes=cfg["data"]["axes"],
+        spacing=cfg["data"]["spacing"], channels=cfg["data"]["channels"],
+        percentiles=pre["percentiles"], clip=pre["clip"], sample_size=pre["sample_size"],
+        chunks=pre["chunks"], pyramid_levels=pre["pyramid_levels"],
+        name=sample_name(args.image), progress=not args.quiet,
+    )
+    labels = f", labels up to id {result.n_labels_max}" if result.n_labels_max else ""
+    log.info(
+        "preprocess: %s -> %s: shape %s (%s), spacing %s, p_low %s, p_high %s%s, %.1f s",
+        args.image, args.output, "x".join(map(str, result.shape)), result.axes,
+        list(result.spacing), [round(v, 4) for v in result.low],
+        [round(v, 4) for v in result.high], labels, result.seconds,
+    )
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    from .config import load_config
+    from .samples import sample_table
+
+    cfg = load_config(args.configfile)
+    print(yaml.safe_dump(cfg, sort_keys=False), end="")
+    if args.samples:
+        print("# samples")
+        for s in sample_table(cfg).values():
+            print(f"# {s.name}: {','.join(s.roles)}  {s.image}  labels={s.labels}")
+
+
+# --- parser -----------------------------------------------------------------------
+
+
+def _add_common(p: argparse.ArgumentParser, *, configfile: bool = True) -> None:
+    if configfile:
+        p.add_argument("--configfile", metavar="YAML",
+                       help="Config file to take options from (the command-line options win).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unetpipe",
+        description="Segment cells and nuclei in microscopy images and stacks with a U-Net. "
+                    "The Snakemake workflow chains these commands; run them by hand to "
+                    "process single files.",
+    )
+    parser.add_argument("--version", action="version", version=f"unetpipe {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="Show tracebacks and debug messages.")
+    parser.add_argument("--log", metavar="FILE",
+                        help="Also write messages and progress to this file (used by the "
+                             "workflow's rules); the terminal then shows warnings and errors.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="No progress bars.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("synth", help="Generate the synthetic demo data set (TIFF images "
+                                     "with instance labels).",
+                       description="Generate synthetic nuclei images with exact instance "
+                                   "labels: training, validation and prediction images.")
+    _add_common(p)
+    add_config_options(p, SYNTH_KEYS)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("preprocess", help="Normalise an image into a chunked OME-Zarr store.",
+                       description="Read an image lazily (TIFF, Zarr, OME-Zarr), normalise it "
+                                   "by percentiles to float32 and write it as OME-Zarr with a "
+                                   "pyramid; instance labels, if given, are checked and stored "
+                                   "as the image-label 'gt'.")
+    p.add_argument("image", help="Input image (TIFF, Zarr or OME-Zarr).")
+    p.add_argument("output", help="Output store, e.g. results/preprocessed/NAME.ome.zarr.")
+    p.add_argument("--labels", metavar="PATH", help="Instance labels of the image.")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="Worker threads (default: one per core).")
+    _add_common(p)
+    add_config_options(p, PREPROCESS_KEYS)
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("config", help="Validate a config file and print it with defaults.",
+                       description="Validate a config file against the schema and print the "
+                                   "complete config, every default filled in.")
+    p.add_argument("configfile", nargs="?", default=None,
+                   help="Config file (default: the built-in defaults).")
+    p.add_argument("--samples", action="store_true", help="Also list the sample table.")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace):
+    """unetpipe's messages go to the terminal (or, with --log, to the log file,
+    the terminal then showing only warnings and errors); other libraries'
+    messages go to the log file only, so a bad input still ends in one line."""
+    logger = logging.getLogger("unetpipe")
+    logger.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    logger.propagate = False
+    root = logging.getLogger()
+    for lg in (logger, root):
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(logging.WARNING if (args.log or args.quiet) and not args.debug
+                     else logging.DEBUG)
+    logger.addHandler(console)
+    root.addHandler(console if args.debug else logging.NullHandler())
+    log_file = None
+    if args.log:
+        os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
+        log_file = open(args.log, "w", buffering=1)  # closed by main() when the run ends
+        handler = logging.StreamHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        root.addHandler(handler)
+        from . import progress
+
+        progress.set_stream(log_file)
+    return log_file
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``unetpipe`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log_file = _setup_logging(args)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except UnetpipeError as e:
+        if args.debug:
+            raise
+        for line in str(e).splitlines():
+            log.error("unetpipe %s: error: %s", args.command, line)
+        return 1
+    except OSError as e:
+        # Disk full, permission denied, a folder in the way: the user can fix these.
+        if args.debug:
+            raise
+        log.error("unetpipe %s: error: %s", args.command, e)
+        return 1
+    except KeyboardInterrupt:
+        log.error("unetpipe %s: interrupted", args.command)
+        return 130
+    finally:
+        if log_file is not None:
+            from . import progress
+
+            progress.set_stream(None)
+            log_file.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The sample table: which images the workflow processes, with their labels.
+
+A sample is one image file, named by its file name without extension. The
+config lists images per role (``train``, ``val``, ``predict``) as a glob
+pattern or a list of paths, and labels matched to them by sample name. When
+a path points inside the demo folder (``demo.dir``), the demo's own file list
+is used, so the workflow knows its samples before the demo is generated.
+
+This module imports nothing heavy: the Snakefile imports it while parsing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import get
+from .demo import demo_files
+from .errors import ConfigError
+
+ROLES = ("train", "val", "predict")
+_NAME_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr")
+
+
+def sample_name(path: str | os.PathLike) -> str:
+    """The sample name of an image file: its name without image extensions.
+
+    Examples
+    --------
+    >>> sample_name("data/cells_01.ome.tif")
+    'cells_01'
+    >>> sample_name("data/stack.ome.zarr/")
+    'stack'
+    """
+    name = Path(os.fspath(path).rstrip("/\\")).name
+    lower = name.lower()
+    for suffix in _NAME_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of the workflow.
+
+    Attributes
+    ----------
+    name : str
+        Unique sample name (file name without extension).
+    image : str
+        Path of the image.
+    labels : str or None
+        Path of its instance labels, if any.
+    roles : tuple of str
+        Any of ``"train"``, ``"val"``, ``"predict"``.
+    """
+
+    name: str
+    image: str
+    labels: str | None
+    roles: tuple[str, ...]
+
+
+def _norm(path: str) -> str:
+    return os.path.normpath(path)
+
+
+def _in_demo(path: str, demo_dir: str) -> bool:
+    demo = _norm(demo_dir)
+    return _norm(path) == demo or _norm(path).startswith(demo + os.sep)
+
+
+def _demo_paths(config: Mapping) -> list[str]:
+    demo = config["demo"]
+    return [_norm(p) for p in demo_files(demo["dir"], n_train=demo["n_train"],
+                                         n_val=demo["n_val"], n_predict=demo["n_predict"])]
+
+
+def expand_paths(value, key: str, config: Mapping) -> list[str]:
+    """Expand a config value (glob pattern or list of paths) into a sorted list of files.
+
+    Raises
+    ------
+    ConfigError
+        When a pattern matches nothing or a listed file does not exist; the
+        message names the key.
+    """
+    if value is None:
+        return []
+    patterns = [value] if isinstance(value, str) else list(value)
+    demo_dir = config["demo"]["dir"]
+    out: list[str] = []
+    for pattern in patterns:
+        if _in_demo(pattern, demo_dir):
+            found = [p for p in _demo_paths(config) if fnmatch.fnmatchcase(p, _norm(pattern))]
+            if not found:
+                raise ConfigError(f"config key {key!r}: {pattern!r} points into the demo folder "
+                                  f"{demo_dir!r} but matches none of the demo's files")
+        elif glob.has_magic(pattern):
+            found = sorted(p for p in glob.glob(pattern) if not os.path.basename(p).startswith("."))
+            if not found:
+                raise ConfigError(f"config key {key!r}: the pattern {pattern!r} matches no file")
+        else:
+            if not os.path.exists(pattern):
+                raise ConfigError(f"config key {key!r}: {pattern}: file not found")
+            found = [pattern]
+        out.extend(_norm(p) for p in found)
+    return out
+
+
+def _by_name(paths: list[str], key: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in paths:
+        name = sample_name(path)
+        if name in out and out[name] != path:
+            raise ConfigError(f"config key {key!r}: two files have the sample name {name!r}: "
+                              f"{out[name]} and {path}")
+        out[name] = path
+    return out
+
+
+def sample_table(config: Mapping) -> dict[str, Sample]:
+    """Build the sample table from a validated config.
+
+    Parameters
+    ----------
+    config : mapping
+        A config as returned by :func:`unetpipe.config.validate_config`.
+
+    Returns
+    -------
+    dict of str to Sample
+        Samples by name, in the order train, val, predict. An image listed
+        under several roles (e.g. training images also segmented) is one
+        sample with several roles.
+
+    Raises
+    ------
+    ConfigError
+        An empty pattern or missing file; two different files with the same
+        sample name; a training or validation image without labels; no image
+        at all.
+    """
+    found: dict[str, tuple[str, str | None, list[str]]] = {}
+    for role in ROLES:
+        images = _by_name(expand_paths(get(config, f"data.{role}.images"), f"data.{role}.images",
+                                       config), f"data.{role}.images")
+        labels = _by_name(expand_paths(get(config, f"data.{role}.labels"), f"data.{role}.labels",
+                                       config), f"data.{role}.labels")
+        for name, image in images.items():
+            label = labels.get(name)
+            if label is None and role in ("train", "val"):
+                some = ", ".join(sorted(labels)[:3]) or "none"
+                raise ConfigError(
+                    f"config key 'data.{role}.labels': no labels for {image} (sample {name!r}); "
+                    f"labels are matched by file name, found: {some}"
+                )
+            if name in found:
+                prev_image, prev_label, roles = found[name]
+                if prev_image != image:
+                    raise ConfigError(f"two images have the sample name {name!r}: {prev_image} "
+                                      f"and {image}; sample names must be unique")
+                if label is not None and prev_label is not None and label != prev_label:
+                    raise ConfigError(f"sample {name!r} has two label files: {prev_label} "
+                                      f"and {label}")
+                found[name] = (image, prev_label or label, [*roles, role])
+            else:
+                found[name] = (image, label, [role])
+    if not found:
+        raise ConfigError("no images: set data.train.images and/or data.predict.images")
+    return {name: Sample(name, image, label, tuple(roles))
+            for name, (image, label, roles) in found.items()}
+
+
+def uses_demo(config: Mapping) -> bool:
+    """Whether any configured path points inside the demo folder."""
+    demo_dir = config["demo"]["dir"]
+    for role in ROLES:
+        for kind in ("images", "labels"):
+            value = get(config, f"data.{role}.{kind}")
+            values = [value] if isinstance(value, str) else list(value or [])
+            if any(_in_demo(v, demo_dir) for v in values):
+                return True
+    return False
