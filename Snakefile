@@ -1,0 +1,19 @@
+# unetpipe: U-Net segmentation of cells and nuclei, from raw images to
+# instance labels. Run `snakemake --cores N`; see README.md.
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/preprocess.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

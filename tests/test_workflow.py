@@ -1,0 +1,130 @@
+"""The Snakemake workflow, run for real on a tiny demo in a temporary folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from unetpipe.io import read_image, read_labels, write_tiff
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.workflow
+
+TINY = {
+    "demo": {"n_train": 2, "n_val": 1, "n_predict": 1, "train_shape": [64, 64],
+             "predict_shape": [160, 128]},
+    "preprocess": {"chunks": [64, 64], "pyramid_levels": 1},
+}
+
+
+def snakemake(workdir, *args, config=None):
+    """Run the repository's workflow in ``workdir`` as a user would."""
+    cfg = workdir / "config.yaml"
+    if config is not None:
+        cfg.write_text(yaml.safe_dump(config))
+    env = dict(os.environ)
+    # the rules call the `unetpipe` command of this environment
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
+         str(workdir), "--configfile", str(cfg), *args],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_dry_run_plans_demo_and_preprocess(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--cores", "2", config=TINY)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    start = out.index("Job stats:")
+    table = {}
+    for line in out[start:].splitlines()[3:]:
+        if not line.strip():
+            break
+        name, count = line.split()
+        table[name] = int(count)
+    assert table == {"demo_data": 1, "preprocess": 4, "all": 1, "total": 6}
+
+
+@pytest.mark.slow
+def test_real_run_then_nothing_to_do(tmp_path):
+    proc = snakemake(tmp_path, "--cores", "2", config=TINY)
+    assert proc.returncode == 0, proc.stderr
+    res = tmp_path / "results"
+    stores = sorted(p.name for p in (res / "preprocessed").iterdir())
+    assert stores == ["predict_000.ome.zarr", "train_000.ome.zarr", "train_001.ome.zarr",
+                      "val_000.ome.zarr"]
+    image = read_image(res / "preprocessed/predict_000.ome.zarr")
+    assert image.axes == "cyx" and image.data.shape == (1, 160, 128)
+    assert image.data.chunks[1:] == ((64, 64, 32), (64, 64))
+    raw = read_image(tmp_path / "resources/demo/predict/images/predict_000.tif").data.compute()
+    meta = zarr.open_group(str(res / "preprocessed/predict_000.ome.zarr"), mode="r").attrs
+    lo, hi = meta["unetpipe"]["low"][0], meta["unetpipe"]["high"][0]
+    np.testing.assert_allclose(image.data.compute()[0], (raw - lo) / (hi - lo), rtol=1e-5,
+                               atol=1e-6)
+    gt = read_labels(res / "preprocessed/train_000.ome.zarr/labels/gt").data.compute()
+    src = read_labels(tmp_path / "resources/demo/train/labels/train_000.tif").data.compute()
+    np.testing.assert_array_equal(gt, src)
+    for rule, name in [("preprocess", "train_000"), ("preprocess", "predict_000")]:
+        assert (res / "logs" / rule / f"{name}.log").read_text().count("preprocess:") >= 1
+        assert (res / "benchmarks" / rule / f"{name}.tsv").read_text().startswith("s\t")
+    assert not [p for p in (res / "preprocessed").iterdir() if p.name.startswith(".")]
+
+    again = snakemake(tmp_path, "--cores", "2")
+    assert again.returncode == 0, again.stderr
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_config_error_stops_before_any_work(tmp_path):
+    proc = snakemake(tmp_path, "--cores", "1",
+                     config={**TINY, "preprocess": {"percentiles": [99.8, 1]}})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "unetpipe: config key 'preprocess.percentiles': the low percentile (99.8) must be "
+        "below the high one (1)")
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+    proc = snakemake(tmp_path, "--cores", "1", "--config", "demo={n_trian: 3}")
+    assert proc.returncode == 1
+    assert "unetpipe: config key 'demo.n_trian' is not known (did you mean 'demo.n_train'?)" \
+        in proc.stderr
+
+
+def test_empty_glob_names_the_key(tmp_path):
+    config = {"data": {"train": {"images": None, "labels": None},
+                       "val": {"images": None, "labels": None},
+                       "predict": {"images": "mine/*.tif", "labels": None}}}
+    proc = snakemake(tmp_path, "-n", "--cores", "1", config=config)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "unetpipe: config key 'data.predict.images': the pattern 'mine/*.tif' matches no file")
+
+
+def test_bad_user_file_fails_its_job_with_one_clear_line(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "broken.tif").write_bytes(b"not an image")
+    write_tiff(tmp_path / "mine" / "good.tif", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64),
+               axes="yx")
+    config = {"data": {"train": {"images": None, "labels": None},
+                       "val": {"images": None, "labels": None},
+                       "predict": {"images": "mine/*.tif", "labels": None}}}
+    proc = snakemake(tmp_path, "--cores", "1", "--keep-going", config=config)
+    assert proc.returncode == 1
+    # the job's own error line reaches the terminal, not only the log
+    assert "unetpipe preprocess: error: mine/broken.tif: not a readable TIFF file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "results/preprocessed").iterdir()) == [
+        "good.ome.zarr"]
+    log = (tmp_path / "results/logs/preprocess/broken.log").read_text()
+    assert "not a readable TIFF file" in log

@@ -1,0 +1,57 @@
+# Config validation and the sample table. Everything here runs when Snakemake
+# parses the workflow, before any job: a bad config stops the run at once.
+
+import re
+import shlex
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+# The Snakefile needs only the package's light modules (config, samples);
+# take them from this checkout, so they match the rules even where the
+# package is not installed (jobs then run in workflow/envs/unetpipe.yaml).
+sys.path.insert(0, workflow.basedir)
+
+from unetpipe.cli import PREPROCESS_KEYS, SYNTH_KEYS  # noqa: E402
+from unetpipe.config import cli_args, validate_config  # noqa: E402
+from unetpipe.demo import demo_files  # noqa: E402
+from unetpipe.errors import ConfigError  # noqa: E402
+from unetpipe.samples import sample_table, uses_demo  # noqa: E402
+
+try:
+    # Our validator names the bad key in one line; Snakemake's validate then
+    # records the schema for Snakemake's own tooling.
+    config.update(validate_config(config))
+    validate(config, "../schemas/config.schema.yaml", set_default=True)
+    SAMPLES = sample_table(config)
+except ConfigError as e:
+    sys.exit("\n".join(f"unetpipe: {line}" for line in str(e).splitlines()))
+
+RESULTS = config["results"]
+ENV = "../envs/unetpipe.yaml"
+
+
+wildcard_constraints:
+    sample="|".join(map(re.escape, SAMPLES)),
+
+
+def preprocessed(name):
+    return f"{RESULTS}/preprocessed/{name}.ome.zarr"
+
+
+def preprocess_input(wildcards):
+    sample = SAMPLES[wildcards.sample]
+    files = {"image": sample.image}
+    if sample.labels:
+        files["labels"] = sample.labels
+    return files
+
+
+def preprocess_labels_option(wildcards, input):
+    return f"--labels {shlex.quote(input.labels)}" if "labels" in input.keys() else ""
+
+
+def all_outputs():
+    return [preprocessed(name) for name in SAMPLES]
