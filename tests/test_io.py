@@ -64,6 +64,14 @@ def test_imagej_unit_in_nanometres_is_converted(tmp_path):
     assert image.spacing == pytest.approx((0.4, 0.1, 0.1))
 
 
+def test_ome_tiff_without_z_size_falls_back_to_pixel_units_with_a_warning(tmp_path, caplog):
+    tifffile.imwrite(tmp_path / "xy.ome.tif", np.zeros((4, 16, 16), np.uint16), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    image = read_image(tmp_path / "xy.ome.tif")
+    assert image.spacing == (1.0, 1.0, 1.0) and image.unit is None
+    assert "give the pixel size of xy but not of z" in caplog.text
+
+
 def test_multipage_tiff_is_read_lazily_page_by_page(tmp_path, rng):
     data = rng.integers(0, 1000, size=(12, 64, 48)).astype(np.uint16)
     write_tiff(tmp_path / "s.tif", data, axes="zyx", spacing=(1, 1, 1), compression=None)

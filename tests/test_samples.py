@@ -121,3 +121,16 @@ def test_demo_pattern_outside_manifest():
     cfg = validate_config({"data": {"predict": {"images": "resources/demo/predict/images/x_*.tif"}}})
     with pytest.raises(ConfigError, match="points into the demo folder"):
         sample_table(cfg)
+
+
+def test_own_data_mixed_with_demo_defaults_is_refused(tmp_path):
+    d = str(tmp_path)
+    _touch(f"{d}/img/a.tif", f"{d}/lab/a.tif")
+    # only training data given: validation and prediction still default to the demo
+    cfg = validate_config({"data": {"train": {"images": f"{d}/img/*.tif",
+                                              "labels": f"{d}/lab/*.tif"}}})
+    with pytest.raises(ConfigError) as info:
+        sample_table(cfg)
+    message = str(info.value)
+    assert message.startswith("config key 'data.val.images' still points at the demo")
+    assert "'data.val.images' and 'data.val.labels' and 'data.predict.images'" in message

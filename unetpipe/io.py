@@ -179,7 +179,7 @@ def _tiff_spacing(tif, axes: str) -> tuple[dict, str | None]:
 _TIFF_AXIS = {"X": "x", "Y": "y", "Z": "z", "C": "c", "S": "c", "T": "t"}
 
 
-def _read_tiff(path: str, axes_override: str | None):
+def _read_tiff(path: str):
     tif = _open_tiff(path)
     series = tif.series[0]
     raw_axes = "".join(_TIFF_AXIS.get(a, "?") for a in series.axes)
@@ -208,7 +208,7 @@ def _ngff_attrs(group) -> dict | None:
     return None
 
 
-def _read_zarr(path: str, axes_override: str | None):
+def _read_zarr(path: str):
     import zarr
 
     try:
@@ -246,15 +246,15 @@ def _read_zarr(path: str, axes_override: str | None):
                 scale = [a * b for a, b in zip(scale, t["scale"], strict=True)]
     spacing, unit = {}, None
     calibrated = all(_unit_scale(units[i]) is not None
-                     for i, a in enumerate(axes) if a.lower() in "zyx")
+                     for i, a in enumerate(axes) if a.lower() in ("z", "y", "x"))
     for i, a in enumerate(axes):
         a = a.lower()
-        if a in "zyx":
+        if a in ("z", "y", "x"):
             factor = _unit_scale(units[i]) if calibrated else 1.0
             spacing[a] = float(scale[i]) * factor
     if calibrated:
         unit = "micrometer"
-    letters = "".join(a.lower() if a.lower() in "tczyx" else "?" for a in axes)
+    letters = "".join(a.lower() if a.lower() in ("t", "c", "z", "y", "x") else "?" for a in axes)
     data = _as_dask(array, path, array.chunks)
     return data, letters, spacing, unit, {"ngff": meta}
 
@@ -347,9 +347,9 @@ def read_image(path: str | os.PathLike, *, axes: str | None = None,
         raise InputError(path, "file not found")
     lower = path.lower().rstrip("/\\")
     if os.path.isdir(path):
-        data, raw_axes, spacing, unit, meta = _read_zarr(path, axes)
+        data, raw_axes, spacing, unit, meta = _read_zarr(path)
     elif lower.endswith(TIFF_SUFFIXES):
-        data, raw_axes, spacing, unit, meta = _read_tiff(path, axes)
+        data, raw_axes, spacing, unit, meta = _read_tiff(path)
     else:
         raise InputError(path, "unsupported file type (expected .tif, .tiff, .zarr or .ome.zarr)")
     data, axes_out = _canonical(path, data, raw_axes, axes, labels=labels)
@@ -360,6 +360,10 @@ def read_image(path: str | os.PathLike, *, axes: str | None = None,
     if min(data.shape) == 0:
         raise InputError(path, f"is empty (shape {tuple(data.shape)})")
     if any(a not in spacing for a in spatial):
+        if spacing:
+            log.warning("%s: the metadata give the pixel size of %s but not of %s; using pixel "
+                        "units (set data.spacing)", path, "".join(sorted(spacing)),
+                        "".join(a for a in spatial if a not in spacing))
         spacing_t, unit = tuple(1.0 for _ in spatial), None
     else:
         spacing_t = tuple(float(spacing[a]) for a in spatial)

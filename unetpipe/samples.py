@@ -101,7 +101,7 @@ def expand_paths(value, key: str, config: Mapping) -> list[str]:
             if not found:
                 raise ConfigError(f"config key {key!r}: {pattern!r} points into the demo folder "
                                   f"{demo_dir!r} but matches none of the demo's files")
-        elif glob.has_magic(pattern):
+        elif any(c in pattern for c in "*?["):
             found = sorted(p for p in glob.glob(pattern) if not os.path.basename(p).startswith("."))
             if not found:
                 raise ConfigError(f"config key {key!r}: the pattern {pattern!r} matches no file")
@@ -146,6 +146,7 @@ def sample_table(config: Mapping) -> dict[str, Sample]:
         sample name; a training or validation image without labels; no image
         at all.
     """
+    _check_not_half_demo(config)
     found: dict[str, tuple[str, str | None, list[str]]] = {}
     for role in ROLES:
         images = _by_name(expand_paths(get(config, f"data.{role}.images"), f"data.{role}.images",
@@ -177,13 +178,36 @@ def sample_table(config: Mapping) -> dict[str, Sample]:
             for name, (image, label, roles) in found.items()}
 
 
-def uses_demo(config: Mapping) -> bool:
-    """Whether any configured path points inside the demo folder."""
-    demo_dir = config["demo"]["dir"]
+def _configured(config: Mapping) -> dict[str, list[str]]:
+    out = {}
     for role in ROLES:
         for kind in ("images", "labels"):
             value = get(config, f"data.{role}.{kind}")
-            values = [value] if isinstance(value, str) else list(value or [])
-            if any(_in_demo(v, demo_dir) for v in values):
-                return True
-    return False
+            out[f"data.{role}.{kind}"] = [value] if isinstance(value, str) else list(value or [])
+    return out
+
+
+def _check_not_half_demo(config: Mapping) -> None:
+    """Refuse a config that mixes the user's data with the demo's.
+
+    Every data path defaults to the demo, so a config that sets only some of
+    them (say, training images but no validation images) would otherwise
+    quietly validate or train on synthetic nuclei.
+    """
+    demo_dir = config["demo"]["dir"]
+    paths = _configured(config)
+    demo_keys = [k for k, v in paths.items() if any(_in_demo(p, demo_dir) for p in v)]
+    own_keys = [k for k, v in paths.items() if v and not any(_in_demo(p, demo_dir) for p in v)]
+    if demo_keys and own_keys:
+        raise ConfigError(
+            f"config key {demo_keys[0]!r} still points at the demo ({demo_dir}) while "
+            f"{own_keys[0]} points at other data; set "
+            + " and ".join(repr(k) for k in demo_keys)
+            + " to your files or to null"
+        )
+
+
+def uses_demo(config: Mapping) -> bool:
+    """Whether any configured path points inside the demo folder."""
+    demo_dir = config["demo"]["dir"]
+    return any(_in_demo(p, demo_dir) for v in _configured(config).values() for p in v)
