@@ -49,6 +49,16 @@ def test_tiff_round_trip_preserves_pixels_axes_spacing(tmp_path, rng, dtype, axe
     np.testing.assert_array_equal(image.data.compute(), data)
 
 
+def test_imagej_stack_with_unit_step_keeps_its_calibration(tmp_path):
+    # ImageJ writes no "spacing" entry when the z step is 1.0
+    data = np.zeros((3, 8, 8), np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", data, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "unit": "micron"})
+    assert "spacing" not in tifffile.TiffFile(tmp_path / "a.tif").imagej_metadata
+    image = read_image(tmp_path / "a.tif")
+    assert image.spacing == pytest.approx((1.0, 0.5, 0.5)) and image.unit == "micrometer"
+
+
 def test_tiff_without_calibration_is_in_pixel_units(tmp_path, rng):
     data = rng.integers(0, 100, size=(3, 16, 16)).astype(np.uint16)
     write_tiff(tmp_path / "a.tif", data, axes="zyx", spacing=None)
@@ -72,13 +82,47 @@ def test_ome_tiff_without_z_size_falls_back_to_pixel_units_with_a_warning(tmp_pa
     assert "give the pixel size of xy but not of z" in caplog.text
 
 
-def test_multipage_tiff_is_read_lazily_page_by_page(tmp_path, rng):
+def test_compressed_multipage_tiff_is_read_lazily_page_by_page(tmp_path, rng):
     data = rng.integers(0, 1000, size=(12, 64, 48)).astype(np.uint16)
-    write_tiff(tmp_path / "s.tif", data, axes="zyx", spacing=(1, 1, 1), compression=None)
+    write_tiff(tmp_path / "s.tif", data, axes="zyx", spacing=(1, 1, 1), compression="zlib")
     image = read_image(tmp_path / "s.tif")
     # one chunk per page: a plane is read without touching the others
     assert image.data.chunks[0] == (1,) * 12
     np.testing.assert_array_equal(image.data[7].compute(), data[7])
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_uncompressed_tiff_is_read_by_row_regions(tmp_path, rng, byteorder, monkeypatch):
+    import unetpipe.io as io
+
+    # a single-strip plane is one TIFF chunk; it is read in bands of rows instead
+    data = rng.integers(0, 60000, size=(300, 200)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "flat.tif", data, byteorder=byteorder, rowsperstrip=300)
+    monkeypatch.setattr(io, "_row_chunks", lambda shape, itemsize: (64, 200))
+    image = read_image(tmp_path / "flat.tif")
+    assert image.data.chunks == ((64, 64, 64, 64, 44), (200,))
+    assert image.data.dtype == np.uint16 and image.data.dtype.isnative
+    np.testing.assert_array_equal(image.data[70:130, 5:9].compute(), data[70:130, 5:9])
+    np.testing.assert_array_equal(image.data.compute(), data)
+
+
+def test_row_chunks_are_about_the_target_size():
+    from unetpipe.io import _row_chunks
+
+    assert _row_chunks((272, 2048, 2048), 2) == (4, 2048, 2048)  # 32 MiB of whole planes
+    assert _row_chunks((12000, 12000), 2) == (1398, 12000)
+    assert _row_chunks((3, 8192, 8192), 2) == (1, 2048, 8192)  # planes too big: rows
+    assert _row_chunks((5, 64, 64), 2) == (5, 64, 64)
+
+
+def test_truncated_uncompressed_tiff(tmp_path, rng):
+    data = rng.integers(0, 1000, size=(4, 64, 64)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "cut.tif", data, photometric="minisblack",
+                     metadata={"axes": "ZYX"})
+    raw = (tmp_path / "cut.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match=r"cut.tif: the TIFF file is truncated"):
+        read_image(tmp_path / "cut.tif")
 
 
 def test_plain_multipage_tiff_is_read_as_zyx(tmp_path, rng, caplog):
@@ -123,6 +167,41 @@ def test_plain_zarr_array(tmp_path, rng, zarr_format):
     np.testing.assert_array_equal(image.data.compute(), data)
     image = read_image(tmp_path / "a.zarr", axes="cyx")
     assert image.axes == "cyx"
+
+
+def test_zarr_v3_dimension_names_give_the_axes(tmp_path, rng):
+    data = rng.random((3, 20, 24), dtype=np.float32)
+    z = zarr.create_array(str(tmp_path / "c.zarr"), shape=data.shape, dtype=data.dtype,
+                          dimension_names=["c", "y", "x"])
+    z[:] = data
+    image = read_image(tmp_path / "c.zarr")
+    assert image.axes == "cyx"  # not three planes in z
+    # a level of one of our own stores reads back with its axes too
+    path = write_ome_zarr(tmp_path / "s.ome.zarr", rng.random((2, 5, 20, 24), dtype=np.float32),
+                          axes="czyx", spacing=(1, 1, 1))
+    assert read_image(path / "0").axes == "czyx"
+
+
+def test_bioformats2raw_layout(tmp_path, rng):
+    # what bioformats2raw writes: a Zarr v2 root listing series, NGFF 0.4 image at "0"
+    data = rng.random((1, 1, 1, 20, 24), dtype=np.float32)
+    root = zarr.open_group(str(tmp_path / "plate.ome.zarr"), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    series = root.create_group("0")
+    series.create_array("0", shape=data.shape, dtype=data.dtype, chunks=data.shape)[:] = data
+    series.attrs["multiscales"] = [{
+        "version": "0.4",
+        "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+                 {"name": "z", "type": "space", "unit": "micrometer"},
+                 {"name": "y", "type": "space", "unit": "micrometer"},
+                 {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1, 1, 1, 0.5, 0.5]}]}],
+    }]
+    for path in (tmp_path / "plate.ome.zarr", tmp_path / "plate.ome.zarr" / "0"):
+        image = read_image(path)
+        assert image.axes == "cyx" and image.spacing == (0.5, 0.5)
+        np.testing.assert_array_equal(image.data.compute(), data[:, 0, 0])
 
 
 @pytest.mark.parametrize(
@@ -316,6 +395,18 @@ def test_failed_ome_zarr_write_leaves_no_store(tmp_path):
     with pytest.raises(ValueError, match="disk on fire"):
         write_ome_zarr(tmp_path / "x.ome.zarr", data, axes="cyx", spacing=(1, 1))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("nz", [1, 2, 3, 5])
+def test_pyramid_of_a_short_stack_never_halves_z_below_one_plane(tmp_path, nz):
+    data = np.ones((1, nz, 256, 256), np.float32)
+    path = write_ome_zarr(tmp_path / "s.ome.zarr", data, axes="czyx", spacing=(1, 1, 1),
+                          levels=3)
+    root = zarr.open_group(str(path), mode="r")
+    shapes = [root[d["path"]].shape for d in root.attrs["ome"]["multiscales"][0]["datasets"]]
+    assert len(shapes) == 4
+    assert all(s[1] >= 1 for s in shapes)
+    assert [s[2] for s in shapes] == [256, 128, 64, 32]
 
 
 def test_default_chunks_are_capped():

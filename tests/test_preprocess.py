@@ -106,6 +106,18 @@ def test_signed_or_float_labels_are_stored_unsigned(tmp_path):
     assert gt.dtype == np.uint32 and gt[5, 5] == 3
 
 
+def test_sparse_image_uses_its_maximum_when_percentiles_coincide(tmp_path, caplog):
+    data = np.zeros((512, 512), np.uint16)
+    data[10:14, 10:14] = 4000  # 0.006 % of the pixels: p1 = p99.8 = 0
+    data[300:302, 40:42] = 2000
+    write_tiff(tmp_path / "sparse.tif", data, axes="yx")
+    result = preprocess_file(tmp_path / "sparse.tif", tmp_path / "o.ome.zarr", progress=False)
+    assert result.low == (0.0,) and result.high == (4000.0,)
+    out = np.asarray(zarr.open_array(str(tmp_path / "o.ome.zarr/0"), mode="r"))
+    assert out.max() == 1.0 and out[0, 300, 40] == 0.5
+    assert "using its maximum (4000) as the high value" in caplog.text
+
+
 def test_constant_image_becomes_zero_not_huge(tmp_path):
     write_tiff(tmp_path / "flat.tif", np.full((40, 40), 123, np.uint16), axes="yx")
     preprocess_file(tmp_path / "flat.tif", tmp_path / "flat.ome.zarr", progress=False)
@@ -120,13 +132,22 @@ def _assert_no_output(tmp_path, name="out.ome.zarr"):
     assert not any(p.startswith(f".{name}") or p == name for p in os.listdir(tmp_path))
 
 
-def test_nan_in_image(tmp_path):
+def test_nan_found_in_the_statistics_sample(tmp_path):
     data = np.ones((64, 64), np.float32)
-    data[50, 3] = np.nan  # outside most samples: found while writing
+    data[::4, ::4] = np.nan
     write_tiff(tmp_path / "nan.tif", data, axes="yx")
-    with pytest.raises(InputError, match=r"nan.tif: the image contains NaN"):
+    with pytest.raises(InputError, match=r"nan.tif: the image contains NaN or Inf values"):
+        preprocess_file(tmp_path / "nan.tif", tmp_path / "out.ome.zarr", progress=False)
+    _assert_no_output(tmp_path)
+
+
+def test_nan_missed_by_the_sample_is_found_while_writing(tmp_path):
+    data = np.ones((64, 64), np.float32)
+    data[1, 3] = np.nan  # every 4th pixel is sampled (sample_size 1024 of 4096): not this one
+    write_tiff(tmp_path / "nan.tif", data, axes="yx")
+    with pytest.raises(InputError, match=r"nan.tif: the image contains NaN values$"):
         preprocess_file(tmp_path / "nan.tif", tmp_path / "out.ome.zarr", progress=False,
-                        sample_size=1000)
+                        sample_size=1024)
     _assert_no_output(tmp_path)
 
 

@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 NGFF_VERSION = "0.5"
 TIFF_SUFFIXES = (".tif", ".tiff")
-ZARR_SUFFIXES = (".zarr",)
 
 # Length units to micrometres; NGFF names them in full.
 _UNIT_TO_UM = {
@@ -95,12 +94,18 @@ class _GuardedArray:
     names the file.
     """
 
-    def __init__(self, array, path: str):
+    def __init__(self, array, path: str, owner=None):
         self._array = array
         self._path = path
+        self._owner = owner  # an open TiffFile the array reads from, closed with it
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
+
+    def __del__(self):
+        if self._owner is not None:
+            with contextlib.suppress(Exception):
+                self._owner.close()
 
     def __getitem__(self, key):
         try:
@@ -111,11 +116,52 @@ class _GuardedArray:
             raise InputError(self._path, f"cannot read pixel data ({type(e).__name__}: {e})") from e
 
 
-def _as_dask(array, path: str, chunks):
+def _as_dask(array, path: str, chunks, owner=None):
     import dask.array as da
 
-    return da.from_array(_GuardedArray(array, path), chunks=chunks, asarray=False, fancy=False,
-                         name=f"read-{uuid.uuid4().hex}")
+    return da.from_array(_GuardedArray(array, path, owner), chunks=chunks, asarray=False,
+                         fancy=False, name=f"read-{uuid.uuid4().hex}")
+
+
+class _ContiguousTiff:
+    """Region reads from an uncompressed TIFF whose pixels are one contiguous block.
+
+    This is what tifffile and ImageJ write by default, often as one strip per
+    plane. Reading through tifffile would decode a whole plane for any region
+    of it; here a region costs only its own rows, read through a memory map
+    that lives only for the read.
+    """
+
+    def __init__(self, path: str, offset: int, shape, file_dtype):
+        self.path = path
+        self.offset = offset
+        self.shape = tuple(shape)
+        self.file_dtype = np.dtype(file_dtype)
+        self.dtype = self.file_dtype.newbyteorder("=")
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        mm = np.memmap(self.path, dtype=self.file_dtype, mode="r", offset=self.offset,
+                       shape=self.shape)
+        try:
+            return np.array(mm[key], dtype=self.dtype)
+        finally:
+            del mm
+
+
+def _row_chunks(shape, itemsize: int, target_bytes: int = 32 * 2**20) -> tuple[int, ...]:
+    """Chunks of whole rows (last axes complete) of about ``target_bytes``."""
+    chunks = list(shape)
+    size = math.prod(shape) * itemsize
+    for axis in range(len(shape) - 1):
+        if size <= target_bytes:
+            break
+        size //= shape[axis]
+        fit = max(1, target_bytes // max(size, 1))
+        chunks[axis] = min(shape[axis], fit)
+        if chunks[axis] > 1:
+            break
+    return tuple(chunks)
 
 
 def _open_tiff(path: str):
@@ -138,7 +184,7 @@ def _unit_scale(unit) -> float | None:
     return _UNIT_TO_UM.get(key)
 
 
-def _tiff_spacing(tif, axes: str) -> tuple[dict, str | None]:
+def _tiff_spacing(tif) -> tuple[dict, str | None]:
     """Per-axis spacing (letter -> micrometres) from ImageJ or OME metadata."""
     spacing: dict[str, float] = {}
     if tif.is_ome and tif.ome_metadata:
@@ -169,8 +215,8 @@ def _tiff_spacing(tif, axes: str) -> tuple[dict, str | None]:
                 num, den = res.value
                 if num > 0 and den > 0:
                     spacing[letter] = den / num * scale
-        if meta.get("spacing"):
-            spacing["z"] = float(meta["spacing"]) * scale
+        # ImageJ leaves out a z step of 1.0 when it saves a calibrated stack.
+        spacing["z"] = float(meta.get("spacing") or 1.0) * scale
         return spacing, "micrometer"
     # Plain TIFF resolution tags are usually a screen DPI, not a pixel size.
     return {}, None
@@ -183,7 +229,17 @@ def _read_tiff(path: str):
     tif = _open_tiff(path)
     series = tif.series[0]
     raw_axes = "".join(_TIFF_AXIS.get(a, "?") for a in series.axes)
-    spacing, unit = _tiff_spacing(tif, raw_axes)
+    spacing, unit = _tiff_spacing(tif)
+    meta = {"tiff_axes": series.axes}
+    offset = series.dataoffset
+    if offset is not None and tif.pages.first.compression == 1:
+        dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+        array = _ContiguousTiff(path, offset, series.shape, dtype)
+        tif.close()
+        if os.path.getsize(path) < offset + math.prod(series.shape) * dtype.itemsize:
+            raise InputError(path, "the TIFF file is truncated (shorter than its pixel data)")
+        data = _as_dask(array, path, _row_chunks(array.shape, dtype.itemsize))
+        return data, raw_axes, spacing, unit, meta
     try:
         import zarr
 
@@ -192,11 +248,9 @@ def _read_tiff(path: str):
     except Exception as e:
         tif.close()
         raise InputError(path, f"cannot read the TIFF image data ({e})") from None
-    # Keep the file open as long as the array lives: the store reads from it.
-    array._unetpipe_tiff = tif  # type: ignore[attr-defined]
-    chunks = array.chunks
-    data = _as_dask(array, path, chunks)
-    return data, raw_axes, spacing, unit, {"tiff_axes": series.axes}
+    # The store reads from the open file: it is closed when the array goes.
+    data = _as_dask(array, path, array.chunks, owner=tif)
+    return data, raw_axes, spacing, unit, meta
 
 
 def _ngff_attrs(group) -> dict | None:
@@ -216,8 +270,17 @@ def _read_zarr(path: str):
     except Exception as e:
         raise InputError(path, f"not a readable Zarr store ({e})") from None
     if isinstance(node, zarr.Array):
+        names = getattr(node.metadata, "dimension_names", None) or [None] * node.ndim
+        letters = "".join(n.lower() if isinstance(n, str) and n.lower() in ("t", "c", "z", "y", "x")
+                          else "?" for n in names)
         data = _as_dask(node, path, node.chunks)
-        return data, "?" * node.ndim, {}, None, {}
+        return data, letters, {}, None, {}
+    attrs = dict(node.attrs)
+    layout = attrs.get("bioformats2raw.layout", dict(attrs.get("ome", {})).get(
+        "bioformats2raw.layout"))
+    if layout is not None and "0" in node:
+        # bioformats2raw: the root only lists series; the first image is "0".
+        node = node["0"]
     meta = _ngff_attrs(node)
     if meta is None or not meta.get("multiscales"):
         arrays = [name for name, _ in node.arrays()]
@@ -383,14 +446,6 @@ def read_labels(path: str | os.PathLike, *, axes: str | None = None) -> LazyImag
     return image
 
 
-def read_ome_zarr_level(path: str | os.PathLike, level: int = 0):
-    """Open one level of an OME-Zarr store written by unetpipe as a Dask array."""
-    import dask.array as da
-    import zarr
-
-    return da.from_zarr(zarr.open_array(os.path.join(os.fspath(path), str(level)), mode="r"))
-
-
 # --- atomic outputs -----------------------------------------------------------
 
 
@@ -451,19 +506,24 @@ def default_chunks(spatial_shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(b, s) for b, s in zip(base, spatial_shape, strict=True))
 
 
-def _level_factors(axes: str, spacing: Sequence[float]) -> tuple[tuple[int, ...], list[float]]:
-    """Per-axis factors for the next pyramid level and the new spacing."""
+def _level_factors(axes: str, spacing: Sequence[float],
+                   shape: Sequence[int]) -> tuple[tuple[int, ...], list[float]]:
+    """Per-axis factors for the next pyramid level and the new spacing.
+
+    y and x are halved; z is halved while it is finer than the new y and x
+    and has at least two planes.
+    """
     spatial = axes.replace("c", "")
     new_spacing = list(spacing)
     factors = []
     yi = spatial.index("y")
     new_y = spacing[yi] * 2
-    for a in axes:
+    for a, size in zip(axes, shape, strict=True):
         if a == "c":
             factors.append(1)
             continue
         i = spatial.index(a)
-        if a in "yx" or (a == "z" and spacing[i] < new_y):
+        if a in "yx" or (a == "z" and spacing[i] < new_y and size >= 2):
             factors.append(2)
             new_spacing[i] = spacing[i] * 2
         else:
@@ -498,16 +558,20 @@ def _bands(shape: Sequence[int], chunks: Sequence[int], itemsize: int,
         )
 
 
-def _store(data, target, *, progress: str | None = None, max_bytes: int | None = None) -> None:
+def _store(data, target, *, transform=None, progress: str | None = None,
+           max_bytes: int | None = None) -> None:
     """Compute a Dask array into a Zarr array band by band, in bounded memory.
 
     Each band is a box of whole output chunks of at most ``max_bytes``
-    (default :data:`BAND_BYTES`), computed into one buffer (Dask reads the
+    (default :data:`BAND_BYTES`), aligned to the source's chunks where one of
+    those fits, computed into one buffer (Dask reads the
     source chunks it overlaps, in parallel) and written chunk by chunk by as
-    many threads as Dask uses. Memory thus depends on the band size and the
-    source's chunk size, never on the array's size: a source chunked
-    differently from the output (TIFF pages, say) is read once per band it
-    overlaps instead of being held whole.
+    many threads as Dask uses; ``transform``, if given, maps each chunk's
+    block of the buffer to what is stored (a normalisation, a check), so
+    element-wise work never spans more than one output chunk. Memory thus
+    depends on the band size and the source's chunk size, never on the
+    array's size: a source chunked differently from the output (TIFF pages,
+    say) is read once per band it overlaps instead of being held whole.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -518,7 +582,13 @@ def _store(data, target, *, progress: str | None = None, max_bytes: int | None =
 
     max_bytes = BAND_BYTES if max_bytes is None else max_bytes
     chunks = target.chunks
-    bands = list(_bands(data.shape, chunks, data.dtype.itemsize, max_bytes))
+    # Bands follow the source's chunks when one of them (rounded up to whole
+    # output chunks) fits the budget: each source chunk is then decoded once.
+    unit = tuple(min(n, math.ceil(max(src) / c) * c)
+                 for n, src, c in zip(data.shape, data.chunks, chunks, strict=True))
+    if math.prod(unit) * data.dtype.itemsize > max_bytes:
+        unit = chunks
+    bands = list(_bands(data.shape, unit, data.dtype.itemsize, max_bytes))
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             bar(total=len(bands), desc=progress, unit="band", disable=progress is None,
@@ -529,8 +599,9 @@ def _store(data, target, *, progress: str | None = None, max_bytes: int | None =
             boxes = list(_bands(buffer.shape, chunks, 1, 0))  # one box per chunk
 
             def write(box, region=region, buffer=buffer):
+                block = buffer[box] if transform is None else transform(buffer[box])
                 target[tuple(slice(r.start + b.start, r.start + b.stop)
-                             for r, b in zip(region, box, strict=True))] = buffer[box]
+                             for r, b in zip(region, box, strict=True))] = block
 
             list(pool.map(write, boxes))
             del buffer
@@ -539,7 +610,7 @@ def _store(data, target, *, progress: str | None = None, max_bytes: int | None =
 
 def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: str | None,
                      chunks: Sequence[int], levels: int = 0, name: str | None = None,
-                     labels: bool = False, min_size: int = 32,
+                     labels: bool = False, min_size: int = 32, transform=None, dtype=None,
                      progress: str | None = None) -> list[tuple[int, ...]]:
     """Write an NGFF multiscale image into an open Zarr group.
 
@@ -566,6 +637,10 @@ def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: 
         below ``min_size`` pixels along y or x).
     labels : bool
         Downsample by picking pixels instead of averaging.
+    transform : callable, optional
+        Applied to each level-0 chunk before it is stored (see :func:`_store`).
+    dtype : numpy dtype, optional
+        Stored dtype, when ``transform`` changes it.
 
     Returns
     -------
@@ -580,16 +655,17 @@ def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: 
                                            data.shape[i])
         for i, a in enumerate(axes)
     )
+    stored_dtype = np.dtype(dtype if dtype is not None else data.dtype)
     scales = []
     shapes = []
     level_spacing = list(spacing)
     source = data
     for level in range(levels + 1):
         if level > 0:
-            factors, new_spacing = _level_factors(axes, level_spacing)
+            factors, new_spacing = _level_factors(axes, level_spacing, shapes[-1])
             new_shape = tuple(s // f for s, f in zip(shapes[-1], factors, strict=True))
             yx = [new_shape[axes.index(a)] for a in "yx"]
-            if min(yx) < min_size:
+            if min(yx) < min_size or min(new_shape) < 1:
                 break
             prev = da.from_zarr(group[str(level - 1)])
             trimmed = prev[tuple(slice(0, n * f) for n, f in zip(new_shape, factors, strict=True))]
@@ -603,17 +679,20 @@ def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: 
                         min(c * f, s) for c, f, s in zip(full_chunks, factors, trimmed.shape,
                                                          strict=True)))
                 source = da.coarsen(np.mean, trimmed, dict(enumerate(factors)), trim_excess=True)
-                source = source.astype(data.dtype)
+                source = source.astype(stored_dtype)
             level_spacing = new_spacing
         arr = group.create_array(
             str(level),
             shape=source.shape,
             chunks=tuple(min(c, s) for c, s in zip(full_chunks, source.shape, strict=True)),
-            dtype=source.dtype,
+            dtype=stored_dtype,
             fill_value=0,
             dimension_names=list(axes),
         )
-        _store(source, arr, progress=progress if level == 0 else None)
+        if level == 0:
+            _store(source, arr, transform=transform, progress=progress)
+        else:
+            _store(source, arr)
         shapes.append(tuple(source.shape))
         scales.append([1.0 if a == "c" else float(level_spacing[axes.replace("c", "").index(a)])
                        for a in axes])
@@ -635,7 +714,8 @@ def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: 
 
 
 def write_label_image(root, name: str, data, *, spacing: Sequence[float], unit: str | None,
-                      chunks: Sequence[int], levels: int = 0) -> None:
+                      chunks: Sequence[int], levels: int = 0, transform=None,
+                      dtype=None) -> None:
     """Add an NGFF image-label ``labels/{name}`` to an OME-Zarr image group.
 
     ``data`` has the image's spatial shape (no channel axis); see
@@ -653,7 +733,7 @@ def write_label_image(root, name: str, data, *, spacing: Sequence[float], unit: 
     group = label_root.create_group(name)
     axes = "zyx"[-data.ndim:]
     write_multiscale(group, data, axes=axes, spacing=spacing, unit=unit, chunks=chunks,
-                     levels=levels, name=name, labels=True)
+                     levels=levels, name=name, labels=True, transform=transform, dtype=dtype)
     ome = dict(group.attrs["ome"])
     ome["image-label"] = {"version": NGFF_VERSION, "source": {"image": "../../"}}
     group.attrs["ome"] = ome

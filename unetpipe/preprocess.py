@@ -1,13 +1,14 @@
 """Preprocessing: percentile normalisation to float32, chunked OME-Zarr.
 
-The statistics come from a bounded subsample of the image (a few evenly
-chosen chunks, thinned to at most ``sample_size`` pixels per channel), so a
-stack larger than memory is read once for the statistics' sample and once
-for the output, never held whole.
+The statistics come from a bounded subsample of the image (at most 64
+randomly chosen chunks, thinned to at most ``sample_size`` pixels per
+channel), so a stack of many chunks is read in full only once, for the
+output; an image of 64 chunks or fewer is read twice. It is never held whole.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -123,13 +124,17 @@ def _check_finite(block, path):
     return block
 
 
-def _check_labels(block, path):
+def _check_labels(block, path, dtype):
     if np.issubdtype(block.dtype, np.floating):
         if not np.isfinite(block).all() or (block != np.round(block)).any():
             raise InputError(path, "labels contain non-integer values")
     if block.size and block.min() < 0:
         raise InputError(path, "labels contain negative values")
-    return block
+    return block.astype(dtype, copy=False)
+
+
+def _normalised_chunk(block, path, low, high, clip):
+    return percentile_normalize(_check_finite(block, path), low, high, clip=clip)
 
 
 def _label_dtype(dtype) -> np.dtype:
@@ -216,13 +221,9 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
         raise InputError(path, f"unsupported pixel type {data.dtype}")
     spatial_shape = tuple(data.shape[1:])
 
-    label_data = None
-    if labels is not None:
-        if tuple(labels.spatial_shape) != spatial_shape:
-            raise InputError(labels.path, f"labels have shape {tuple(labels.spatial_shape)} but "
-                                          f"the image {path} has spatial shape {spatial_shape}")
-        label_data = labels.data.map_blocks(_check_labels, labels.path, dtype=labels.data.dtype)
-        label_data = label_data.astype(_label_dtype(labels.data.dtype))
+    if labels is not None and tuple(labels.spatial_shape) != spatial_shape:
+        raise InputError(labels.path, f"labels have shape {tuple(labels.spatial_shape)} but "
+                                      f"the image {path} has spatial shape {spatial_shape}")
 
     chunks = tuple(chunks) if chunks else default_chunks(spatial_shape)
     if len(chunks) != len(spatial_shape):
@@ -235,12 +236,20 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
     low = np.percentile(sample, percentiles[0], axis=1)
     high = np.percentile(sample, percentiles[1], axis=1)
     for c in np.flatnonzero(high <= low):
-        # A blank channel: shift it to 0 instead of dividing by ~0.
-        log.warning("%s: channel %d is constant (%g) in the sampled pixels", path, int(c), float(low[c]))
-        high[c] = low[c] + 1.0
+        top = float(sample[c].max())
+        if top > low[c]:
+            # Sparse: fewer bright pixels than the high percentile can see.
+            log.warning("%s: channel %d has its %g and %g percentiles equal (%g); using its "
+                        "maximum (%g) as the high value", path, int(c), float(percentiles[0]),
+                        float(percentiles[1]), float(low[c]), top)
+            high[c] = top
+        else:
+            # A blank channel: shift it to 0 instead of dividing by ~0.
+            log.warning("%s: channel %d is constant (%g) in the sampled pixels", path, int(c),
+                        float(low[c]))
+            high[c] = low[c] + 1.0
 
-    checked = data.map_blocks(_check_finite, path, dtype=data.dtype)
-    normalised = percentile_normalize(checked, low, high, clip=clip)
+    normalise = functools.partial(_normalised_chunk, path=path, low=low, high=high, clip=clip)
     attrs = {
         "source": os.path.abspath(path),
         "source_axes": image.axes,
@@ -252,13 +261,16 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
     n_max = None
     with atomic_output(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        write_multiscale(root, normalised, axes=axes, spacing=spacing_t, unit=unit,
-                         chunks=chunks, levels=pyramid_levels, name=name,
-                         progress="preprocess" if progress else None)
-        if label_data is not None:
+        write_multiscale(root, data, axes=axes, spacing=spacing_t, unit=unit,
+                         chunks=chunks, levels=pyramid_levels, name=name, transform=normalise,
+                         dtype=np.float32, progress="preprocess" if progress else None)
+        if labels is not None:
             attrs["labels_source"] = os.path.abspath(labels.path)
-            write_label_image(root, "gt", label_data, spacing=spacing_t, unit=unit,
-                              chunks=chunks, levels=pyramid_levels)
+            label_dtype = _label_dtype(labels.data.dtype)
+            check = functools.partial(_check_labels, path=labels.path, dtype=label_dtype)
+            write_label_image(root, "gt", labels.data, spacing=spacing_t, unit=unit,
+                              chunks=chunks, levels=pyramid_levels, transform=check,
+                              dtype=label_dtype)
             # Checked on the written, compressed copy: cheaper than reading
             # the source a second time.
             n_max = int(da.from_zarr(root["labels/gt/0"]).max().compute())
@@ -266,7 +278,7 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
                 raise InputError(labels.path, "labels contain no object (all pixels are 0)")
         root.attrs["unetpipe"] = attrs
     return PreprocessResult(
-        path=os.fspath(out), shape=tuple(normalised.shape), axes=axes, spacing=spacing_t,
+        path=os.fspath(out), shape=tuple(data.shape), axes=axes, spacing=spacing_t,
         low=tuple(float(v) for v in low), high=tuple(float(v) for v in high),
         seconds=time.perf_counter() - start, n_labels_max=n_max,
     )

@@ -7,7 +7,6 @@ over each other in Snakemake's own output.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import IO
 
@@ -40,16 +39,3 @@ def bar(iterable=None, **kwargs):
     kwargs.setdefault("dynamic_ncols", True)
     kwargs["disable"] = kwargs.get("disable", False) or not enabled()
     return tqdm(iterable, file=stream(), **kwargs)
-
-
-@contextlib.contextmanager
-def dask_bar(desc: str | None, **kwargs):
-    """Show the progress of the Dask computations run inside the block."""
-    if desc is None or not enabled():
-        yield
-        return
-    from tqdm.dask import TqdmCallback
-
-    kwargs.setdefault("mininterval", 1.0)
-    with TqdmCallback(desc=desc, file=stream(), **kwargs):
-        yield
