@@ -10,6 +10,7 @@ from unetpipe.config import (
     SCHEMA_PATH,
     add_config_options,
     cli_args,
+    coerce_strings,
     config_from_args,
     defaults,
     get,
@@ -180,3 +181,27 @@ def test_help_text_comes_from_the_schema():
         assert f"Config key {key}" in " ".join(text.split())
     desc = " ".join(key_schema("preprocess.percentiles")["description"].split())
     assert desc[:40] in " ".join(text.split())
+
+
+def test_coerce_strings_from_snakemake_config_option():
+    # Snakemake's --config hands nested values over as strings
+    raw = {"preprocess": {"percentiles": ["2", "99.5"], "clip": "true", "chunks": "null",
+                          "pyramid_levels": "3"},
+           "data": {"spacing": "[2, 0.5, 0.5]", "axes": "zyx",
+                    "train": {"images": "null", "labels": "~"}},
+           "results": "123"}
+    cfg = coerce_strings(raw)
+    assert cfg["preprocess"] == {"percentiles": [2, 99.5], "clip": True, "chunks": None,
+                                 "pyramid_levels": 3}
+    assert cfg["data"]["spacing"] == [2, 0.5, 0.5]
+    assert cfg["data"]["axes"] == "zyx" and cfg["results"] == "123"  # strings stay strings
+    assert cfg["data"]["train"] == {"images": None, "labels": None}
+    # what does not parse is left for validation to report, by key
+    with pytest.raises(ConfigError, match=r"config key 'demo\.ndim': 'three' is not of type integer"):
+        validate_config(coerce_strings({"demo": {"ndim": "three"}}))
+
+
+def test_cli_args_spell_numbers_one_way():
+    a = cli_args(validate_config({"preprocess": {"percentiles": [1, 99]}}), ["preprocess.percentiles"])
+    b = cli_args(validate_config({"preprocess": {"percentiles": [1.0, 99.0]}}), ["preprocess.percentiles"])
+    assert a == b == "--percentiles 1.0 99.0"

@@ -12,7 +12,8 @@ from unetpipe.samples import sample_name, sample_table, uses_demo
     ("path", "name"),
     [("a/cells_01.tif", "cells_01"), ("a/b.ome.tif", "b"), ("x.TIFF", "x"),
      ("s/stack.ome.zarr/", "stack"), ("v.zarr", "v"), ("weird.name.tif", "weird.name"),
-     ("no_ext", "no_ext")],
+     ("no_ext", "no_ext"), ("p/plate.ome.zarr/0", "plate"), ("p/run.zarr/12/", "run"),
+     ("p/0", "0")],
 )
 def test_sample_name(path, name):
     assert sample_name(path) == name
@@ -134,3 +135,10 @@ def test_own_data_mixed_with_demo_defaults_is_refused(tmp_path):
     message = str(info.value)
     assert message.startswith("config key 'data.val.images' still points at the demo")
     assert "'data.val.images' and 'data.val.labels' and 'data.predict.images'" in message
+
+
+def test_listed_path_with_glob_characters_is_taken_literally(tmp_path):
+    d = str(tmp_path)
+    _touch(f"{d}/x/cell[1].tif")
+    cfg = _config(predict={"images": [f"{d}/x/cell[1].tif"], "labels": None})
+    assert list(sample_table(cfg)) == ["cell[1]"]

@@ -1,6 +1,7 @@
 """The Snakemake workflow, run for real on a tiny demo in a temporary folder."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,10 +96,53 @@ def test_config_error_stops_before_any_work(tmp_path):
         "unetpipe: config key 'preprocess.percentiles': the low percentile (99.8) must be "
         "below the high one (1)")
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
-    proc = snakemake(tmp_path, "--cores", "1", "--config", "demo={n_trian: 3}")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # the README's examples, word for word
+        ("preprocess={percentiles: [99.8, 1]}",
+         "unetpipe: config key 'preprocess.percentiles': the low percentile (99.8) must be "
+         "below the high one (1)"),
+        ("data={spacng: [1, 1]}",
+         "unetpipe: config key 'data.spacng' is not known (did you mean 'data.spacing'?)"),
+        ("demo={n_train: many}", "unetpipe: config key 'demo.n_train': 'many' is not of type integer"),
+    ],
+)
+def test_config_option_errors_name_the_key(tmp_path, override, message):
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--config", override, config=TINY)
     assert proc.returncode == 1
-    assert "unetpipe: config key 'demo.n_trian' is not known (did you mean 'demo.n_train'?)" \
-        in proc.stderr
+    assert proc.stderr.strip() == message
+
+
+def test_config_option_values_reach_the_rules_typed(tmp_path):
+    # Snakemake passes nested --config values as strings; they must work as numbers
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--config",
+                     "preprocess={percentiles: [2, 99.5], pyramid_levels: 0, clip: true}",
+                     config=TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "--percentiles 2.0 99.5" in proc.stdout
+    assert "--clip true" in proc.stdout and "--pyramid-levels 0" in proc.stdout
+
+
+@pytest.mark.slow
+def test_3d_demo_config_runs_with_anisotropic_spacing(tmp_path):
+    small = ("demo={n_train: 1, n_val: 1, n_predict: 1, train_shape: [8, 48, 48], "
+             "predict_shape: [12, 64, 96]}")
+    shutil.copy(ROOT / "workflow/configs/demo-3d.yaml", tmp_path / "demo-3d.yaml")
+    proc = snakemake(tmp_path, "--cores", "2", "--config", small,
+                     config=yaml.safe_load((tmp_path / "demo-3d.yaml").read_text()))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "results-3d/preprocessed"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "predict_000.ome.zarr", "train_000.ome.zarr", "val_000.ome.zarr"]
+    image = read_image(out / "predict_000.ome.zarr")
+    # the spacing comes from the demo TIFFs' metadata (data.spacing is null)
+    assert image.axes == "czyx" and image.data.shape == (1, 12, 64, 96)
+    assert image.spacing == (1.0, 0.5, 0.5) and image.unit == "micrometer"
+    gt = read_labels(out / "train_000.ome.zarr/labels/gt")
+    assert gt.data.shape == (8, 48, 48) and int(gt.data.max().compute()) > 3
 
 
 def test_empty_glob_names_the_key(tmp_path):

@@ -125,7 +125,7 @@ def _dotted(path: Iterable) -> str:
     )
 
 
-def _describe_error(error, schema: Mapping) -> str:
+def _describe_error(error) -> str:
     """One line for a jsonschema error, naming the dotted key."""
     where = _dotted(error.absolute_path)
     if error.validator == "additionalProperties":
@@ -225,12 +225,46 @@ def validate_config(config: Mapping | None, *, schema: Mapping | None = None) ->
     filled = fill_defaults(config, schema)
     validator = jsonschema.Draft202012Validator(schema)
     problems = sorted(validator.iter_errors(filled), key=lambda e: list(map(str, e.absolute_path)))
-    messages = [_describe_error(e, schema) for e in problems]
+    messages = [_describe_error(e) for e in problems]
     if not messages:
         messages = _semantic_errors(filled)
     if messages:
         raise ConfigError("\n".join(messages))
     return filled
+
+
+def coerce_strings(config: Mapping, schema: Mapping | None = None) -> dict:
+    """Turn strings into the numbers, booleans, nulls or lists the schema expects.
+
+    Snakemake reads ``--config key='{a: [1, 2]}'`` with YAML's base loader,
+    which leaves every nested value a string; this restores their types
+    wherever the schema does not expect a string. Values of other types, and
+    strings that do not parse, are left for validation to report.
+    """
+    schema = schema if schema is not None else _load_schema(str(SCHEMA_PATH))
+    return _coerce(copy.deepcopy(dict(config)), schema)
+
+
+def _coerce(value: Any, schema: Mapping) -> Any:
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: _coerce(v, props[k]) if k in props else v for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items", {})
+        return [_coerce(v, items) for v in value]
+    if isinstance(value, str):
+        types = _types(schema)
+        null_literal = value.strip() in ("", "~", "null", "Null", "NULL")
+        if "null" in types and null_literal:
+            return None
+        if "string" in types:
+            return value
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return _coerce(parsed, schema) if isinstance(parsed, list | dict) else parsed
+    return value
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Mapping | None = None) -> dict:
@@ -333,13 +367,17 @@ def config_from_args(args: argparse.Namespace, base: Mapping | None = None) -> d
     return validate_config(merge(config, updates))
 
 
-def _format_value(value: Any) -> list[str]:
+def _format_value(value: Any, schema: Mapping) -> list[str]:
     if value is None:
         return ["null"]
     if isinstance(value, bool):
         return ["true" if value else "false"]
     if isinstance(value, list):
-        return [t for v in value for t in _format_value(v)] if value else ["[]"]
+        items = schema.get("items", {})
+        return [t for v in value for t in _format_value(v, items)] if value else ["[]"]
+    if isinstance(value, int | float) and _types(schema) == ["number"]:
+        # 1 and 1.0 are the same value: one spelling, so Snakemake sees no change
+        return [repr(float(value))]
     return [str(value)]
 
 
@@ -348,5 +386,5 @@ def cli_args(config: Mapping, keys: Iterable[str]) -> str:
     tokens = []
     for key in keys:
         tokens.append(option_name(key))
-        tokens.extend(_format_value(get(config, key)))
+        tokens.extend(_format_value(get(config, key), key_schema(key)))
     return " ".join(shlex.quote(t) for t in tokens)

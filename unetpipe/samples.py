@@ -35,8 +35,13 @@ def sample_name(path: str | os.PathLike) -> str:
     'cells_01'
     >>> sample_name("data/stack.ome.zarr/")
     'stack'
+    >>> sample_name("data/plate.ome.zarr/0")  # a bioformats2raw series
+    'plate'
     """
-    name = Path(os.fspath(path).rstrip("/\\")).name
+    parts = Path(os.fspath(path).rstrip("/\\"))
+    if parts.name.isdigit() and parts.parent.name.lower().endswith(".zarr"):
+        parts = parts.parent
+    name = parts.name
     lower = name.lower()
     for suffix in _NAME_SUFFIXES:
         if lower.endswith(suffix) and len(name) > len(suffix):
@@ -101,14 +106,14 @@ def expand_paths(value, key: str, config: Mapping) -> list[str]:
             if not found:
                 raise ConfigError(f"config key {key!r}: {pattern!r} points into the demo folder "
                                   f"{demo_dir!r} but matches none of the demo's files")
+        elif os.path.exists(pattern):
+            found = [pattern]  # an existing path, even one with glob characters in its name
         elif any(c in pattern for c in "*?["):
             found = sorted(p for p in glob.glob(pattern) if not os.path.basename(p).startswith("."))
             if not found:
                 raise ConfigError(f"config key {key!r}: the pattern {pattern!r} matches no file")
         else:
-            if not os.path.exists(pattern):
-                raise ConfigError(f"config key {key!r}: {pattern}: file not found")
-            found = [pattern]
+            raise ConfigError(f"config key {key!r}: {pattern}: file not found")
         out.extend(_norm(p) for p in found)
     return out
 

@@ -15,15 +15,15 @@ min_version("8.20")
 sys.path.insert(0, workflow.basedir)
 
 from unetpipe.cli import PREPROCESS_KEYS, SYNTH_KEYS  # noqa: E402
-from unetpipe.config import cli_args, validate_config  # noqa: E402
+from unetpipe.config import cli_args, coerce_strings, validate_config  # noqa: E402
 from unetpipe.demo import demo_files  # noqa: E402
 from unetpipe.errors import ConfigError  # noqa: E402
-from unetpipe.samples import sample_table, uses_demo  # noqa: E402
+from unetpipe.samples import sample_table  # noqa: E402
 
 try:
-    # Our validator names the bad key in one line; Snakemake's validate then
-    # records the schema for Snakemake's own tooling.
-    config.update(validate_config(config))
+    # --config values arrive as strings; our validator names a bad key in one
+    # line; Snakemake's validate then records the schema for its own tooling.
+    config.update(validate_config(coerce_strings(config)))
     validate(config, "../schemas/config.schema.yaml", set_default=True)
     SAMPLES = sample_table(config)
 except ConfigError as e:
