@@ -71,8 +71,12 @@ def write_input(case: str, path: str, shape: tuple[int, ...]) -> None:
     else:
         z = zarr.create_array(path, shape=shape, chunks=(64, 1024, 1024), dtype="u2",
                               dimension_names=["z", "y", "x"])
+        slab = []  # whole 64-plane slabs: no read-modify-write of partial chunks
         for i, plane in enumerate(_planes(shape)):
-            z[i] = plane
+            slab.append(plane)
+            if len(slab) == 64 or i == shape[0] - 1:
+                z[i + 1 - len(slab): i + 1] = np.stack(slab)
+                slab = []
 
 
 NAIVE = """
