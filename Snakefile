@@ -7,6 +7,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/targets.smk"
 
 
 localrules:

@@ -169,3 +169,27 @@ def test_synth_shape_mismatch_names_the_key(tmp_path):
     proc = run("synth", "--dir", tmp_path, "--ndim", "3")
     assert proc.returncode == 1
     assert "config key 'demo.train_shape': [256, 256] has 2 values but demo.ndim is 3" in proc.stderr
+
+
+def test_targets_command(tmp_path):
+    from unetpipe.io import write_ome_zarr
+
+    labels = np.zeros((40, 40), np.uint16)
+    labels[5:20, 5:20] = 1
+    labels[5:20, 20:35] = 2
+    store = write_ome_zarr(tmp_path / "s.ome.zarr", np.zeros((1, 40, 40), np.float32),
+                           axes="cyx", spacing=(1, 1), labels={"gt": labels})
+    proc = run("targets", store, tmp_path / "t.zarr", "--sigma", "2", "--mode", "three_class")
+    assert proc.returncode == 0, proc.stderr
+    root = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")
+    assert root.attrs["unetpipe"]["mode"] == "three_class"
+    assert set(np.unique(root["targets"][:])) == {0, 1, 2}
+    # a gap pixel of cell 1: 1 pixel from the rest of cell 1, 2 from cell 2's
+    w_background = root.attrs["unetpipe"]["class_weights"][0]
+    assert root["weights"][12, 19] == pytest.approx(w_background + 10 * np.exp(-9 / 8), rel=1e-6)
+    bare = write_ome_zarr(tmp_path / "b.ome.zarr", np.zeros((1, 8, 8), np.float32), axes="cyx",
+                          spacing=(1, 1))
+    proc = run("targets", bare, tmp_path / "u.zarr")
+    assert_one_line_error(proc, "unetpipe targets: error:", "b.ome.zarr: has no ground-truth labels")
+    proc = run("targets", store, tmp_path / "u.zarr", "--mode", "four_class")
+    assert_one_line_error(proc, "config key 'targets.mode': 'four_class' is not one of")

@@ -12,6 +12,7 @@ import yaml
 import zarr
 
 from unetpipe.io import read_image, read_labels, write_tiff
+from unetpipe.weights import separation_targets, separation_weight_map
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
@@ -45,7 +46,7 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
 
 
-def test_dry_run_plans_demo_and_preprocess(tmp_path):
+def test_dry_run_plans_demo_preprocess_and_targets(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2", config=TINY)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -56,7 +57,8 @@ def test_dry_run_plans_demo_and_preprocess(tmp_path):
             break
         name, count = line.split()
         table[name] = int(count)
-    assert table == {"demo_data": 1, "preprocess": 4, "all": 1, "total": 6}
+    # targets for the two training images and the validation image, not for predict_000
+    assert table == {"demo_data": 1, "preprocess": 4, "targets": 3, "all": 1, "total": 9}
 
 
 @pytest.mark.slow
@@ -78,8 +80,16 @@ def test_real_run_then_nothing_to_do(tmp_path):
     gt = read_labels(res / "preprocessed/train_000.ome.zarr/labels/gt").data.compute()
     src = read_labels(tmp_path / "resources/demo/train/labels/train_000.tif").data.compute()
     np.testing.assert_array_equal(gt, src)
-    for rule, name in [("preprocess", "train_000"), ("preprocess", "predict_000")]:
-        assert (res / "logs" / rule / f"{name}.log").read_text().count("preprocess:") >= 1
+    targets = sorted(p.name for p in (res / "targets").iterdir())
+    assert targets == ["train_000.zarr", "train_001.zarr", "val_000.zarr"]
+    root = zarr.open_group(str(res / "targets/train_001.zarr"), mode="r")
+    labels = read_labels(tmp_path / "resources/demo/train/labels/train_001.tif").data.compute()
+    np.testing.assert_array_equal(np.asarray(root["targets"]), separation_targets(labels))
+    expected = separation_weight_map(labels)
+    np.testing.assert_allclose(np.asarray(root["weights"]), expected, atol=1e-2)
+    for rule, name in [("preprocess", "train_000"), ("preprocess", "predict_000"),
+                       ("targets", "val_000")]:
+        assert (res / "logs" / rule / f"{name}.log").read_text().count(f"{rule}:") >= 1
         assert (res / "benchmarks" / rule / f"{name}.tsv").read_text().startswith("s\t")
     assert not [p for p in (res / "preprocessed").iterdir() if p.name.startswith(".")]
 
@@ -137,6 +147,7 @@ def test_3d_demo_config_runs_with_anisotropic_spacing(tmp_path):
     out = tmp_path / "results-3d/preprocessed"
     assert sorted(p.name for p in out.iterdir()) == [
         "predict_000.ome.zarr", "train_000.ome.zarr", "val_000.ome.zarr"]
+    assert (tmp_path / "results-3d/targets/train_000.zarr/weights").is_dir()
     image = read_image(out / "predict_000.ome.zarr")
     # the spacing comes from the demo TIFFs' metadata (data.spacing is null)
     assert image.axes == "czyx" and image.data.shape == (1, 12, 64, 96)

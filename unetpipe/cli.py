@@ -29,6 +29,7 @@ PREPROCESS_KEYS = (
     "preprocess.percentiles", "preprocess.clip", "preprocess.sample_size",
     "preprocess.chunks", "preprocess.pyramid_levels",
 )
+TARGETS_KEYS = ("targets.mode", "targets.w0", "targets.sigma", "targets.class_balance")
 SYNTH_KEYS = (
     "demo.dir", "demo.ndim", "demo.seed", "demo.n_train", "demo.n_val", "demo.n_predict",
     "demo.train_shape", "demo.predict_shape", "demo.spacing",
@@ -78,6 +79,22 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
         list(result.spacing), [round(v, 4) for v in result.low],
         [round(v, 4) for v in result.high], labels, result.seconds,
     )
+
+
+def cmd_targets(args: argparse.Namespace) -> None:
+    from .targets import write_targets
+
+    cfg = config_from_args(args)["targets"]
+    _set_threads(args.threads)
+    result = write_targets(args.store, args.output, mode=cfg["mode"], w0=cfg["w0"],
+                           sigma=cfg["sigma"], class_balance=cfg["class_balance"],
+                           threads=args.threads, progress=not args.quiet)
+    counts = ", ".join(f"{c}" for c in result.class_counts)
+    weights = ", ".join(f"{w:.3g}" for w in result.class_weights)
+    log.info("targets: %s -> %s: shape %s, %s, pixels per class [%s], class weights [%s], "
+             "largest weight %.3g, %.1f s", args.store, args.output,
+             "x".join(map(str, result.shape)), cfg["mode"], counts, weights, result.weight_max,
+             result.seconds)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -140,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     add_config_options(p, PREPROCESS_KEYS)
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("targets", help="Training targets and separation weight map of a "
+                                       "preprocessed image's labels.",
+                       description="Compute the training targets (background with separation "
+                                   "gaps between touching cells, cell; or background, interior, "
+                                   "boundary) and the U-Net paper's weight map (class balance "
+                                   "plus the border term) from a preprocessed store's "
+                                   "ground-truth labels, blockwise.")
+    p.add_argument("store", help="Preprocessed store with labels/gt, e.g. "
+                                 "results/preprocessed/NAME.ome.zarr.")
+    p.add_argument("output", help="Output Zarr group, e.g. results/targets/NAME.zarr.")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="Worker threads (default: one per core).")
+    _add_common(p)
+    add_config_options(p, TARGETS_KEYS)
+    p.set_defaults(func=cmd_targets)
 
     p = sub.add_parser("config", help="Validate a config file and print it with defaults.",
                        description="Validate a config file against the schema and print the "

@@ -558,7 +558,7 @@ def _bands(shape: Sequence[int], chunks: Sequence[int], itemsize: int,
         )
 
 
-def _store(data, target, *, transform=None, progress: str | None = None,
+def store(data, target, *, transform=None, progress: str | None = None,
            max_bytes: int | None = None) -> None:
     """Compute a Dask array into a Zarr array band by band, in bounded memory.
 
@@ -638,7 +638,7 @@ def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: 
     labels : bool
         Downsample by picking pixels instead of averaging.
     transform : callable, optional
-        Applied to each level-0 chunk before it is stored (see :func:`_store`).
+        Applied to each level-0 chunk before it is stored (see :func:`store`).
     dtype : numpy dtype, optional
         Stored dtype, when ``transform`` changes it.
 
@@ -690,9 +690,9 @@ def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: 
             dimension_names=list(axes),
         )
         if level == 0:
-            _store(source, arr, transform=transform, progress=progress)
+            store(source, arr, transform=transform, progress=progress)
         else:
-            _store(source, arr)
+            store(source, arr)
         shapes.append(tuple(source.shape))
         scales.append([1.0 if a == "c" else float(level_spacing[axes.replace("c", "").index(a)])
                        for a in axes])

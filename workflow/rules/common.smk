@@ -14,7 +14,7 @@ min_version("8.20")
 # package is not installed (jobs then run in workflow/envs/unetpipe.yaml).
 sys.path.insert(0, workflow.basedir)
 
-from unetpipe.cli import PREPROCESS_KEYS, SYNTH_KEYS  # noqa: E402
+from unetpipe.cli import PREPROCESS_KEYS, SYNTH_KEYS, TARGETS_KEYS  # noqa: E402
 from unetpipe.config import cli_args, coerce_strings, validate_config  # noqa: E402
 from unetpipe.demo import demo_files  # noqa: E402
 from unetpipe.errors import ConfigError  # noqa: E402
@@ -53,5 +53,16 @@ def preprocess_labels_option(wildcards, input):
     return f"--labels {shlex.quote(input.labels)}" if "labels" in input.keys() else ""
 
 
+def training_samples():
+    """Samples with labels that training uses (training and validation images)."""
+    return [name for name, s in SAMPLES.items() if {"train", "val"} & set(s.roles)]
+
+
+def targets_store(name):
+    return f"{RESULTS}/targets/{name}.zarr"
+
+
 def all_outputs():
-    return [preprocessed(name) for name in SAMPLES]
+    return [preprocessed(name) for name in SAMPLES] + [
+        targets_store(name) for name in training_samples()
+    ]

@@ -1,0 +1,23 @@
+# Training targets (separation gaps between touching cells) and the U-Net
+# paper's weight map, for every training and validation image.
+
+
+rule targets:
+    input:
+        f"{RESULTS}/preprocessed/{{sample}}.ome.zarr",
+    output:
+        directory(f"{RESULTS}/targets/{{sample}}.zarr"),
+    log:
+        f"{RESULTS}/logs/targets/{{sample}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/targets/{{sample}}.tsv"
+    params:
+        args=cli_args(config, TARGETS_KEYS),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "unetpipe --log {log:q} targets {input:q} {output:q} {params.args} --threads {threads}"
