@@ -54,14 +54,35 @@ def demo_files(directory: str, *, n_train: int, n_val: int, n_predict: int) -> l
     return out
 
 
+def demo_image(item: DemoItem, *, seed: int = 0, train_shape: Sequence[int] = (256, 256),
+               predict_shape: Sequence[int] = (2048, 2048),
+               spacing: Sequence[float] | None = None):
+    """One demo image and its labels, as :func:`write_demo` writes them.
+
+    Each image has its own seed, derived from ``seed``, its role and its
+    index, so changing the number of images changes no other image.
+
+    Returns
+    -------
+    image : ndarray of uint16
+    labels : ndarray of uint16 or uint32
+    """
+    import numpy as np
+
+    from .synth import synthetic_nuclei
+
+    shape = predict_shape if item.role == "predict" else train_shape
+    image_seed = int(np.random.SeedSequence([seed, ROLES.index(item.role),
+                                             item.index]).generate_state(1)[0])
+    return synthetic_nuclei(tuple(shape), spacing=tuple(spacing) if spacing else None,
+                            seed=image_seed)
+
+
 def write_demo(directory: str | os.PathLike, *, ndim: int = 2, seed: int = 0, n_train: int = 8,
                n_val: int = 2, n_predict: int = 1, train_shape: Sequence[int] = (256, 256),
                predict_shape: Sequence[int] = (2048, 2048),
                spacing: Sequence[float] | None = None, progress: bool = True) -> list[str]:
     """Generate the demo and write it as TIFF files.
-
-    Each image is generated from its own seed, derived from ``seed``, its role
-    and its index, so the data do not change when the counts do.
 
     Parameters
     ----------
@@ -83,11 +104,8 @@ def write_demo(directory: str | os.PathLike, *, ndim: int = 2, seed: int = 0, n_
     list of str
         The written files.
     """
-    import numpy as np
-
     from .io import write_tiff
     from .progress import bar
-    from .synth import synthetic_nuclei
 
     for name, shape in (("train_shape", train_shape), ("predict_shape", predict_shape)):
         if len(shape) != ndim:
@@ -99,15 +117,12 @@ def write_demo(directory: str | os.PathLike, *, ndim: int = 2, seed: int = 0, n_
     items = demo_manifest(n_train=n_train, n_val=n_val, n_predict=n_predict)
     written = []
     for item in bar(items, desc="demo data", unit="image", disable=not progress):
-        shape = predict_shape if item.role == "predict" else train_shape
-        # Each image has its own seed, so changing a count changes no other image.
-        image_seed = int(np.random.SeedSequence([seed, ROLES.index(item.role),
-                                                 item.index]).generate_state(1)[0])
-        image, labels = synthetic_nuclei(tuple(shape), spacing=tuple(spacing) if spacing else None,
-                                         seed=image_seed)
+        image, labels = demo_image(item, seed=seed, train_shape=train_shape,
+                                   predict_shape=predict_shape, spacing=spacing)
         for rel, data in ((item.image, image), (item.labels, labels)):
             path = os.path.join(directory, rel)
             write_tiff(path, data, axes=axes, spacing=spacing)
             written.append(path)
-        log.info("%s: %s, %d objects", item.name, "x".join(map(str, shape)), int(labels.max()))
+        log.info("%s: %s, %d objects", item.name, "x".join(map(str, image.shape)),
+                 int(labels.max()))
     return written
