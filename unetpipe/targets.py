@@ -11,6 +11,7 @@ bounded memory and with the same result as on the whole image at once.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -27,6 +28,8 @@ from .weights import (
     targets_for_mode,
     weights_from_counts,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ def lazy_targets(labels: LazyImage, *, mode: str = "two_class", w0: float = 10.0
     weights : dask.array.Array of float32
     counts : ndarray of int64
         Pixels per class (computed now: the class balance needs them).
+    class_weights : ndarray of float64
+        The class balance applied.
     """
     import dask
     import dask.array as da
@@ -93,12 +98,19 @@ def lazy_targets(labels: LazyImage, *, mode: str = "two_class", w0: float = 10.0
     reach = influence_radius(sigma)
     depth = {i: min(math.ceil(reach / s) + 2, n) for i, (s, n) in
              enumerate(zip(sp, data.shape, strict=True))}
-    inner = threads if math.prod(data.numblocks) == 1 else 1
-    border = data.map_overlap(_border_block, depth=depth, boundary="none", dtype=np.float32,
-                              w0=w0, sigma=sigma, spacing=spacing, threads=inner)
+    if max(depth.values()) > 64:
+        log.warning("targets.sigma = %g reaches %d pixels: the weight map will be slow and "
+                    "memory-hungry; is sigma in the images' unit (%s)?", sigma,
+                    max(depth.values()) - 2, labels.unit or "pixels")
+    # blocks of at least four halos each, so the halos do not dominate the work
+    blocks = data.rechunk({i: min(n, max(max(data.chunks[i]), 4 * depth[i]))
+                           for i, n in enumerate(data.shape)})
+    inner = threads if math.prod(blocks.numblocks) == 1 else 1
+    border = blocks.map_overlap(_border_block, depth=depth, boundary="none", dtype=np.float32,
+                                w0=w0, sigma=sigma, spacing=spacing, threads=inner)
     weights = da.map_blocks(_weights_block, targets, border.rechunk(targets.chunks),
                             class_weights=class_w, dtype=np.float32)
-    return targets, weights, counts
+    return targets, weights, counts, class_w
 
 
 def write_targets(store_path: str | os.PathLike, out: str | os.PathLike, *,
@@ -139,11 +151,12 @@ def write_targets(store_path: str | os.PathLike, out: str | os.PathLike, *,
         raise InputError(store_path, "has no ground-truth labels (labels/gt); targets need "
                                      "the instance labels of a training image")
     labels = read_labels(gt_path)
+    if not np.issubdtype(labels.data.dtype, np.integer):
+        raise InputError(gt_path, f"labels must be integers, not {labels.data.dtype}")
     image = read_image(store_path)
     chunks = tuple(max(c) for c in image.data.chunks[1:])  # spatial chunks of the image
-    targets, weights, counts = lazy_targets(labels, mode=mode, w0=w0, sigma=sigma,
-                                            class_balance=class_balance, threads=threads)
-    class_w = weights_from_counts(counts, class_balance=class_balance)
+    targets, weights, counts, class_w = lazy_targets(
+        labels, mode=mode, w0=w0, sigma=sigma, class_balance=class_balance, threads=threads)
     axes = list(labels.axes)
     with atomic_output(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)

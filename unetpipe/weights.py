@@ -19,14 +19,17 @@ For instance labels ``L`` (0 = background), 2D or 3D:
    absent or class balancing is off. With two classes this is ``N / (2 N_c)``.
 5. ``weights = w_c + B``, float32.
 
-The border term is computed exactly where it matters: a cell can change
-``B`` only where its distance is below ``R = sigma * sqrt(2 ln(1000))``,
-because there ``d1 + d2 >= d_i > R`` makes ``B < 1e-3 * w0``. So each cell's
-distance transform is taken in its bounding box grown by R, never over the
-whole image, and a cell with no other cell within R is skipped (any pixel
-within R of two cells lies within R of both, by the triangle inequality).
-The result differs from the definition by less than ``1e-3 * w0``, and not
-at all, up to rounding, where ``B >= 1e-3 * w0``.
+The border term is computed exactly where it matters. Let
+``R = sigma * sqrt(2 ln(1000))``, so that ``B >= 1e-3 * w0`` exactly where
+``d1 + d2 <= R``. There, the two nearest cells are each within ``R`` of the
+pixel, and their nearest pixels are within ``R`` of each other (triangle
+inequality). So each cell's distance transform is taken only in its
+bounding box grown by ``R``, and a cell with no other cell in that window is
+skipped. Leaving a cell out can only raise ``d1 + d2``, so the computed
+``B`` never exceeds the true one, and it is only left out where it is not
+one of the two nearest cells or where the true ``B`` is already below
+``1e-3 * w0``. The result differs from the definition by less than
+``1e-3 * w0``, and not at all, up to rounding, where ``B >= 1e-3 * w0``.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ __all__ = [
     "border_term",
     "class_weights",
     "influence_radius",
+    "nearest_two",
     "separation_targets",
     "separation_weight_map",
     "targets_for_mode",
+    "weights_from_counts",
 ]
 
 MODES = ("two_class", "three_class")
@@ -56,19 +61,29 @@ TOLERANCE = 1e-3
 _THREADED_WINDOW = 16384
 
 
-def _face_contacts(labels: np.ndarray) -> np.ndarray:
-    """Pixels with a face neighbour in a different non-zero label (both sides)."""
-    out = np.zeros(labels.shape, dtype=bool)
-    for axis in range(labels.ndim):
-        lo = [slice(None)] * labels.ndim
-        hi = [slice(None)] * labels.ndim
+def _face_neighbours(ndim: int):
+    """Per axis, the two slices that pair each pixel with its next face neighbour."""
+    for axis in range(ndim):
+        lo = [slice(None)] * ndim
+        hi = [slice(None)] * ndim
         lo[axis] = slice(None, -1)
         hi[axis] = slice(1, None)
-        a, b = labels[tuple(lo)], labels[tuple(hi)]
-        touch = (a != b) & (a != 0) & (b != 0)
-        out[tuple(lo)] |= touch
-        out[tuple(hi)] |= touch
+        yield tuple(lo), tuple(hi)
+
+
+def _mark_pairs(labels: np.ndarray, pair) -> np.ndarray:
+    """Pixels where ``pair(a, b)`` holds with a face neighbour (on both sides)."""
+    out = np.zeros(labels.shape, dtype=bool)
+    for lo, hi in _face_neighbours(labels.ndim):
+        hit = pair(labels[lo], labels[hi])
+        out[lo] |= hit
+        out[hi] |= hit
     return out
+
+
+def _face_contacts(labels: np.ndarray) -> np.ndarray:
+    """Pixels with a face neighbour in a different non-zero label."""
+    return _mark_pairs(labels, lambda a, b: (a != b) & (a != 0) & (b != 0))
 
 
 def _check_labels(labels) -> np.ndarray:
@@ -77,7 +92,16 @@ def _check_labels(labels) -> np.ndarray:
         raise ValueError(f"labels must be 2D or 3D, got shape {labels.shape}")
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
+        raise ValueError("labels must not be negative (0 = background, cells > 0)")
     return labels
+
+
+def _check_params(w0: float, sigma: float) -> None:
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be positive and finite, got {sigma}")
+    if not (np.isfinite(w0) and w0 >= 0):
+        raise ValueError(f"w0 must be >= 0 and finite, got {w0}")
 
 
 def separation_targets(labels) -> np.ndarray:
@@ -105,17 +129,7 @@ def separation_targets(labels) -> np.ndarray:
 
 def _three_class(labels: np.ndarray) -> np.ndarray:
     fg = (labels != 0) & ~_face_contacts(labels)
-    kept = np.where(fg, labels, 0)
-    edge = np.zeros(labels.shape, dtype=bool)
-    for axis in range(labels.ndim):
-        lo = [slice(None)] * labels.ndim
-        hi = [slice(None)] * labels.ndim
-        lo[axis] = slice(None, -1)
-        hi[axis] = slice(1, None)
-        a, b = kept[tuple(lo)], kept[tuple(hi)]
-        differ = a != b
-        edge[tuple(lo)] |= differ
-        edge[tuple(hi)] |= differ
+    edge = _mark_pairs(np.where(fg, labels, 0), np.not_equal)
     out = fg.astype(np.uint8)
     out[fg & edge] = 2
     return out
@@ -162,9 +176,10 @@ def _spacing(spacing, ndim: int) -> np.ndarray:
 
 
 def _sequential(labels: np.ndarray) -> np.ndarray:
-    """Ids 1..n (for ``find_objects``), whatever the original ids' range."""
+    """Ids 1..n (for ``find_objects``), whatever the original ids' range (ids >= 0)."""
     top = int(labels.max()) if labels.size else 0
-    if top <= max(4 * labels.size, 1 << 16):
+    # find_objects makes one entry per id up to the largest: fine for dense ids
+    if top <= max(labels.size // 8, 1 << 16):
         return labels.astype(np.intp, copy=False)
     _, inverse = np.unique(labels, return_inverse=True)
     inverse = inverse.reshape(labels.shape)
@@ -210,7 +225,7 @@ def nearest_two(cells, *, spacing=None, radius: float = np.inf,
         if box is None:
             continue
         if reach is None:
-            window = tuple(slice(None) for _ in box)
+            window = tuple(slice(0, n) for n in cells.shape)
         else:
             window = tuple(slice(max(0, b.start - r), min(n, b.stop + r))
                            for b, r, n in zip(box, reach, cells.shape, strict=True))
@@ -249,15 +264,19 @@ def border_term(labels, *, w0: float = 10.0, sigma: float = 5.0, spacing=None,
                 threads: int | None = None) -> np.ndarray:
     """The border term ``B`` of the weight map, float64 (see the module notes)."""
     labels = _check_labels(labels)
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    targets = separation_targets(labels)
-    cells = np.where(targets == 1, labels, 0)
+    _check_params(w0, sigma)
+    return _border(labels, separation_targets(labels) == 1, w0=w0, sigma=sigma,
+                   spacing=spacing, threads=threads)
+
+
+def _border(labels, foreground, *, w0, sigma, spacing, threads) -> np.ndarray:
+    """The border term from the labels and the targets' foreground (``L'``)."""
+    cells = np.where(foreground, labels, 0)
     out = np.zeros(labels.shape)
     if w0 == 0 or not cells.any():
         return out
     d1, d2 = nearest_two(cells, spacing=spacing, radius=influence_radius(sigma), threads=threads)
-    near = (targets == 0) & np.isfinite(d2)
+    near = ~foreground & np.isfinite(d2)
     total = d1[near] + d2[near]
     out[near] = w0 * np.exp(-(total * total) / (2.0 * sigma * sigma))
     return out
@@ -343,13 +362,18 @@ def separation_weight_map(labels, *, w0: float = 10.0, sigma: float = 5.0, spaci
     >>> round(float(w[0, 4]), 4)  # between the cells: d1 = d2 = 1
     2.3534
     """
+    return _targets_and_weights(labels, mode=mode, w0=w0, sigma=sigma, spacing=spacing,
+                                class_balance=class_balance, threads=threads)[1]
+
+
+def _targets_and_weights(labels, *, mode, w0, sigma, spacing, class_balance, threads):
     labels = _check_labels(labels)
+    _check_params(w0, sigma)
     targets = targets_for_mode(labels, mode)
     n_classes = 2 if mode == "two_class" else 3
     wc = class_weights(targets, n_classes=n_classes, class_balance=class_balance)
-    weights = wc[targets] + border_term(labels, w0=w0, sigma=sigma, spacing=spacing,
-                                       threads=threads)
-    return weights.astype(np.float32)
+    border = _border(labels, targets > 0, w0=w0, sigma=sigma, spacing=spacing, threads=threads)
+    return targets, (wc[targets] + border).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -371,8 +395,6 @@ class SeparationTargets:
     class_balance: bool = True
 
     def __call__(self, labels) -> tuple[np.ndarray, np.ndarray]:
-        targets = targets_for_mode(labels, self.mode)
-        weights = separation_weight_map(labels, w0=self.w0, sigma=self.sigma,
-                                        spacing=self.spacing, class_balance=self.class_balance,
-                                        mode=self.mode)
-        return targets, weights
+        return _targets_and_weights(labels, mode=self.mode, w0=self.w0, sigma=self.sigma,
+                                    spacing=self.spacing, class_balance=self.class_balance,
+                                    threads=None)
