@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import zarr
+from oracle import weight_map_oracle
 
 from unetpipe.errors import InputError
 from unetpipe.io import write_ome_zarr
@@ -22,35 +23,40 @@ def _read(out):
     return np.asarray(root["targets"]), np.asarray(root["weights"]), root
 
 
-@pytest.mark.parametrize("mode", ["two_class", "three_class"])
-def test_blockwise_equals_whole_image_2d(tmp_path, mode):
+@pytest.mark.parametrize(("mode", "chunks"), [("two_class", (64, 64)), ("three_class", (64, 64)),
+                                            ("two_class", (16, 12)), ("three_class", (12, 16))])
+def test_blockwise_matches_the_definition_2d(tmp_path, mode, chunks):
+    # chunks (16, 12) and (12, 16) are smaller than the border term's halo (21)
     labels = random_nuclei_labels((200, 180), rng=8)
     assert len(touching_pairs(labels)) > 5
-    store = _store(tmp_path / "s.ome.zarr", labels, spacing=(1, 1), unit=None, chunks=(64, 64))
+    store = _store(tmp_path / "s.ome.zarr", labels, spacing=(1, 1), unit=None, chunks=chunks)
     result = write_targets(store, tmp_path / "t.zarr", mode=mode, sigma=5.0, progress=False)
     targets, weights, root = _read(tmp_path / "t.zarr")
-    assert root["weights"].chunks == (64, 64) and root["targets"].dtype == np.uint8
+    assert root["weights"].chunks == chunks and root["targets"].dtype == np.uint8
+    expected_targets, expected, border = weight_map_oracle(labels, sigma=5.0, mode=mode)
+    np.testing.assert_array_equal(targets, expected_targets)
     np.testing.assert_array_equal(targets, targets_for_mode(labels, mode))
-    expected = separation_weight_map(labels, sigma=5.0, mode=mode)
     np.testing.assert_allclose(weights, expected, atol=1e-2)  # 1e-3 * w0: the truncation
-    strong = expected > expected.min() + 1.0  # where the border term is >= 0.1 * w0
+    strong = border >= 0.01 * 10.0
+    assert strong.sum() > 100
     np.testing.assert_allclose(weights[strong], expected[strong], atol=1e-5)
-    counts = np.bincount(targets_for_mode(labels, mode).ravel())
+    counts = np.bincount(expected_targets.ravel())
     assert list(result.class_counts) == counts.tolist()
     assert root.attrs["unetpipe"]["class_counts"] == counts.tolist()
     assert result.weight_max == pytest.approx(expected.max(), abs=1e-5)
 
 
-def test_blockwise_3d_with_anisotropic_spacing_uses_physical_sigma(tmp_path):
+@pytest.mark.parametrize("chunks", [(8, 32, 32), (4, 16, 12)])  # halo (6, 17, 17)
+def test_blockwise_3d_with_anisotropic_spacing_uses_physical_sigma(tmp_path, chunks):
     spacing = (2.0, 0.5, 0.5)
     labels = random_nuclei_labels((18, 80, 72), spacing=spacing, radius=(6, 10), rng=9)
     store = _store(tmp_path / "s.ome.zarr", labels, spacing=spacing, unit="micrometer",
-                   chunks=(8, 32, 32))
+                   chunks=chunks)
     write_targets(store, tmp_path / "t.zarr", sigma=2.0, progress=False)
     _, weights, root = _read(tmp_path / "t.zarr")
-    expected = separation_weight_map(labels, sigma=2.0, spacing=spacing)
+    _, expected, border = weight_map_oracle(labels, sigma=2.0, spacing=spacing)
     np.testing.assert_allclose(weights, expected, atol=1e-2)
-    strong = expected > expected.min() + 1.0
+    strong = border >= 0.01 * 10.0
     assert strong.sum() > 50
     np.testing.assert_allclose(weights[strong], expected[strong], atol=1e-5)
     assert root.attrs["unetpipe"]["spacing"] == list(spacing)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from oracle import weight_map_oracle
 from scipy import ndimage as ndi
 
 from unetpipe.synth import random_nuclei_labels, touching_pairs
@@ -9,6 +10,7 @@ from unetpipe.weights import (
     SeparationTargets,
     class_weights,
     influence_radius,
+    nearest_two,
     separation_targets,
     separation_weight_map,
     targets_for_mode,
@@ -17,32 +19,8 @@ from unetpipe.weights import (
 W0 = 10.0
 
 
-def oracle(labels, *, w0=W0, sigma=5.0, spacing=None, class_balance=True):
-    """The definition, literally: one exact distance transform of the whole image per cell."""
-    fg = labels != 0
-    contact = np.zeros(labels.shape, bool)
-    for axis in range(labels.ndim):
-        for shift in (1, -1):
-            neighbour = np.roll(labels, shift, axis=axis)
-            valid = np.ones(labels.shape, bool)
-            edge = [slice(None)] * labels.ndim
-            edge[axis] = 0 if shift == 1 else -1
-            valid[tuple(edge)] = False  # np.roll wraps around: no neighbour there
-            contact |= valid & fg & (neighbour != 0) & (neighbour != labels)
-    targets = (fg & ~contact).astype(np.uint8)
-    cells = np.where(targets == 1, labels, 0)
-    ids = [i for i in np.unique(cells) if i != 0]
-    border = np.zeros(labels.shape)
-    if len(ids) >= 2:
-        distances = [ndi.distance_transform_edt(cells != i, sampling=spacing) for i in ids]
-        stack = np.sort(np.stack(distances), axis=0)
-        total = stack[0] + stack[1]
-        border = np.where(targets == 0, w0 * np.exp(-total**2 / (2 * sigma**2)), 0.0)
-    n, counts = labels.size, np.bincount(targets.ravel(), minlength=2)
-    wc = np.ones(2)
-    if class_balance and np.all(counts > 0):
-        wc = n / (2 * counts)
-    return targets, wc[targets] + border, border
+def oracle(labels, **kwargs):
+    return weight_map_oracle(labels, **kwargs)
 
 
 def assert_matches_oracle(labels, *, sigma=5.0, spacing=None, w0=W0):
@@ -169,6 +147,59 @@ def test_cell_split_in_two_pieces_is_one_cell():
     assert_matches_oracle(labels, sigma=3.0)
 
 
+@pytest.mark.parametrize("start", [190, 197])
+def test_truncation_right_at_the_reach_of_the_border_term(start):
+    # two cells across a gap whose d1 + d2 is just inside (190) or just outside
+    # (197) R = 18.58 for sigma 5 on a 0.1 grid: a shorter R breaks the first
+    labels = np.zeros((3, 260), np.uint16)
+    labels[:, 0:10] = 1
+    labels[:, start:start + 10] = 2
+    spacing = (0.1, 0.1)
+    _, expected, border = oracle(labels, sigma=5.0, spacing=spacing)
+    got = separation_weight_map(labels, sigma=5.0, spacing=spacing).astype(np.float64)
+    assert np.abs(got - expected).max() <= 1e-3 * W0
+    above = border >= 1e-3 * W0
+    assert above.any() == (start == 190)
+    if above.any():  # exact wherever the term reaches the tolerance
+        assert np.abs(got - expected)[above].max() <= 1e-5
+
+
+def test_every_pixel_a_cell_with_ids_near_the_uint32_limit():
+    rng = np.random.default_rng(4)
+    seeds = rng.integers(0, 48, size=(12, 2))
+    yy, xx = np.mgrid[0:48, 0:48]
+    nearest = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2,
+                        axis=-1)
+    labels = (2**32 - 1 - nearest).astype(np.uint32)  # no background at all
+    assert labels.min() > 0
+    assert_matches_oracle(labels, sigma=3.0)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, bool])
+def test_small_dtypes(dtype):
+    labels = random_nuclei_labels((64, 64), rng=12)
+    labels = (labels > 0) if dtype is bool else (labels % 100).astype(dtype)
+    assert_matches_oracle(labels, sigma=3.0)
+
+
+def test_nearest_two_without_radius_is_exact():
+    labels = random_nuclei_labels((48, 48), rng=13)
+    d1, d2 = nearest_two(labels)
+    ids = [i for i in np.unique(labels) if i]
+    stack = np.sort([ndi.distance_transform_edt(labels != i) for i in ids], axis=0)
+    np.testing.assert_allclose(d1, stack[0])
+    np.testing.assert_allclose(d2, stack[1])
+
+
+def test_nearest_two_with_no_background_and_huge_ids():
+    cells = np.repeat(np.arange(6, dtype=np.uint64), 8)[None, :].repeat(5, axis=0) + 2**40
+    d1, d2 = nearest_two(cells, radius=20.0)
+    assert np.all(d1 == 0)  # every pixel is in a cell
+    # column 7 is the last of the first cell: the next cell starts one pixel on
+    np.testing.assert_array_equal(d2[:, 7], 1.0)
+    np.testing.assert_array_equal(d2[:, 3], 5.0)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="2D or 3D"):
         separation_weight_map(np.zeros(5, int))
@@ -178,6 +209,15 @@ def test_bad_arguments():
         separation_weight_map(np.ones((4, 4), int), spacing=(1, 0))
     with pytest.raises(ValueError, match="sigma must be positive"):
         separation_weight_map(np.ones((4, 4), int), sigma=0)
+    for sigma in (np.inf, np.nan):
+        with pytest.raises(ValueError, match="sigma must be positive and finite"):
+            separation_weight_map(np.ones((4, 4), int), sigma=sigma)
+    with pytest.raises(ValueError, match="w0 must be >= 0 and finite"):
+        separation_weight_map(np.ones((4, 4), int), w0=np.nan)
+    negative = np.zeros((8, 8), np.int32)
+    negative[1:3, 1:3] = -1
+    with pytest.raises(ValueError, match="labels must not be negative"):
+        separation_weight_map(negative)
     with pytest.raises(ValueError, match="mode must be one of"):
         targets_for_mode(np.ones((4, 4), int), "four_class")
 
