@@ -182,22 +182,26 @@ def test_zarr_v3_dimension_names_give_the_axes(tmp_path, rng):
     assert read_image(path / "0").axes == "czyx"
 
 
+def _ngff04_image(group, data, *, path, unit, scale, chunks=None):
+    """An NGFF 0.4 tczyx image, as older tools (and bioformats2raw) write them."""
+    group.create_array(path, shape=data.shape, dtype=data.dtype,
+                       chunks=chunks or data.shape)[:] = data
+    group.attrs["multiscales"] = [{
+        "version": "0.4",
+        "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}]
+        + [{"name": a, "type": "space", "unit": unit} for a in "zyx"],
+        "datasets": [{"path": path, "coordinateTransformations": [
+            {"type": "scale", "scale": scale}]}],
+    }]
+
+
 def test_bioformats2raw_layout(tmp_path, rng):
     # what bioformats2raw writes: a Zarr v2 root listing series, NGFF 0.4 image at "0"
     data = rng.random((1, 1, 1, 20, 24), dtype=np.float32)
     root = zarr.open_group(str(tmp_path / "plate.ome.zarr"), mode="w", zarr_format=2)
     root.attrs["bioformats2raw.layout"] = 3
-    series = root.create_group("0")
-    series.create_array("0", shape=data.shape, dtype=data.dtype, chunks=data.shape)[:] = data
-    series.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
-                 {"name": "z", "type": "space", "unit": "micrometer"},
-                 {"name": "y", "type": "space", "unit": "micrometer"},
-                 {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1, 1, 1, 0.5, 0.5]}]}],
-    }]
+    _ngff04_image(root.create_group("0"), data, path="0", unit="micrometer",
+                  scale=[1, 1, 1, 0.5, 0.5])
     for path in (tmp_path / "plate.ome.zarr", tmp_path / "plate.ome.zarr" / "0"):
         image = read_image(path)
         assert image.axes == "cyx" and image.spacing == (0.5, 0.5)
@@ -267,18 +271,8 @@ def test_ome_zarr_is_valid_for_the_reference_readers(tmp_path, rng):
 def test_ngff_04_zarr_v2_is_read(tmp_path, rng):
     data = rng.random((1, 3, 24, 24), dtype=np.float32)
     root = zarr.open_group(str(tmp_path / "old.ome.zarr"), mode="w", zarr_format=2)
-    arr = root.create_array("s0", shape=(1, 1, *data.shape[1:]), chunks=(1, 1, 3, 12, 12),
-                            dtype=data.dtype)
-    arr[:] = data[:, None]
-    root.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
-                 {"name": "z", "type": "space", "unit": "nanometer"},
-                 {"name": "y", "type": "space", "unit": "nanometer"},
-                 {"name": "x", "type": "space", "unit": "nanometer"}],
-        "datasets": [{"path": "s0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1, 1, 500, 100, 100]}]}],
-    }]
+    _ngff04_image(root, data[:, None], path="s0", unit="nanometer",
+                  scale=[1, 1, 500, 100, 100], chunks=(1, 1, 3, 12, 12))
     image = read_image(tmp_path / "old.ome.zarr")
     assert image.axes == "czyx"
     assert image.spacing == pytest.approx((0.5, 0.1, 0.1))
