@@ -63,7 +63,7 @@ def percentile_normalize(image, low, high, *, clip: bool = False, eps: float = 1
     out = (image.astype(np.float32) - low) * scale
     if clip:
         out = out.clip(0.0, 1.0)
-    return out.astype(np.float32)
+    return out  # float32 already: image, low and scale all are
 
 
 def subsample_blocks(data, *, sample_size: int, max_chunks: int = MAX_SAMPLE_CHUNKS,
