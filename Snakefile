@@ -8,6 +8,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/targets.smk"
+include: "workflow/rules/train.smk"
 
 
 localrules:

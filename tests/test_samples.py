@@ -142,3 +142,30 @@ def test_listed_path_with_glob_characters_is_taken_literally(tmp_path):
     _touch(f"{d}/x/cell[1].tif")
     cfg = _config(predict={"images": [f"{d}/x/cell[1].tif"], "labels": None})
     assert list(sample_table(cfg)) == ["cell[1]"]
+
+
+def test_curated_folders_join_the_training_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _touch("mine/a.tif", "mine/a_labels/a.tif", "resources/curated/fix1/image.tif",
+           "resources/curated/fix1/labels.tif", "resources/curated/fix2/image.ome.zarr/zarr.json",
+           "resources/curated/fix2/labels.zarr/zarr.json",
+           "resources/curated/.fix3.tmp/image.tif", "resources/curated/notes.txt")
+    cfg = _config(train={"images": "mine/*.tif", "labels": "mine/a_labels/*.tif"})
+    table = sample_table(cfg)
+    assert list(table) == ["a", "curated-fix1", "curated-fix2"]
+    assert table["curated-fix1"].roles == ("train",)
+    assert table["curated-fix1"].image == os.path.normpath("resources/curated/fix1/image.tif")
+    assert table["curated-fix2"].labels == os.path.normpath("resources/curated/fix2/labels.zarr")
+    # switched off, or a folder that does not exist: nothing added
+    cfg["data"]["curated"] = None
+    assert list(sample_table(cfg)) == ["a"]
+    cfg["data"]["curated"] = "elsewhere"
+    assert list(sample_table(cfg)) == ["a"]
+
+
+def test_curated_image_without_labels_names_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _touch("mine/a.tif", "resources/curated/fix1/image.tif")
+    cfg = _config(predict={"images": "mine/*.tif", "labels": None})
+    with pytest.raises(ConfigError, match=r"'data\.curated': .*fix1 holds image but no labels"):
+        sample_table(cfg)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 import zarr
 
+from unetpipe.checkpoint import load_checkpoint
 from unetpipe.io import read_image, read_labels, write_tiff
 from unetpipe.weights import separation_targets, separation_weight_map
 
@@ -21,6 +22,9 @@ TINY = {
     "demo": {"n_train": 2, "n_val": 1, "n_predict": 1, "train_shape": [64, 64],
              "predict_shape": [160, 128]},
     "preprocess": {"chunks": [64, 64], "pyramid_levels": 1},
+    "model": {"depth": 2, "features": 4},
+    "train": {"iterations": 6, "val_every": 3, "patch": [32, 32], "batch_size": 2,
+              "minutes": None},
 }
 
 
@@ -46,10 +50,7 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
 
 
-def test_dry_run_plans_demo_preprocess_and_targets(tmp_path):
-    proc = snakemake(tmp_path, "-n", "--cores", "2", config=TINY)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+def job_table(out):
     start = out.index("Job stats:")
     table = {}
     for line in out[start:].splitlines()[3:]:
@@ -57,8 +58,15 @@ def test_dry_run_plans_demo_preprocess_and_targets(tmp_path):
             break
         name, count = line.split()
         table[name] = int(count)
-    # targets for the two training images and the validation image, not for predict_000
-    assert table == {"demo_data": 1, "preprocess": 4, "targets": 3, "all": 1, "total": 9}
+    return table
+
+
+def test_dry_run_plans_demo_preprocess_targets_and_training(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--cores", "2", config=TINY)
+    assert proc.returncode == 0, proc.stderr
+    # targets for the two training images only; one training job
+    assert job_table(proc.stdout) == {"demo_data": 1, "preprocess": 4, "targets": 2, "train": 1,
+                                      "all": 1, "total": 9}
 
 
 @pytest.mark.slow
@@ -81,21 +89,45 @@ def test_real_run_then_nothing_to_do(tmp_path):
     src = read_labels(tmp_path / "resources/demo/train/labels/train_000.tif").data.compute()
     np.testing.assert_array_equal(gt, src)
     targets = sorted(p.name for p in (res / "targets").iterdir())
-    assert targets == ["train_000.zarr", "train_001.zarr", "val_000.zarr"]
+    assert targets == ["train_000.zarr", "train_001.zarr"]
     root = zarr.open_group(str(res / "targets/train_001.zarr"), mode="r")
     labels = read_labels(tmp_path / "resources/demo/train/labels/train_001.tif").data.compute()
     np.testing.assert_array_equal(np.asarray(root["targets"]), separation_targets(labels))
     expected = separation_weight_map(labels)
     np.testing.assert_allclose(np.asarray(root["weights"]), expected, atol=1e-2)
     for rule, name in [("preprocess", "train_000"), ("preprocess", "predict_000"),
-                       ("targets", "val_000")]:
+                       ("targets", "train_001")]:
         assert (res / "logs" / rule / f"{name}.log").read_text().count(f"{rule}:") >= 1
         assert (res / "benchmarks" / rule / f"{name}.tsv").read_text().startswith("s\t")
     assert not [p for p in (res / "preprocessed").iterdir() if p.name.startswith(".")]
+    # training: 6 iterations, validated at 3 and 6 on val_000
+    model = res / "model"
+    assert sorted(p.name for p in model.iterdir()) == [
+        "checkpoint_best.pt", "checkpoint_last.pt", "history.csv", "training_curves.png"]
+    last = load_checkpoint(model / "checkpoint_last.pt")
+    assert last["iteration"] == 6 and last["finished"]
+    assert last["data"]["train"] == ["train_000", "train_001"] and last["data"]["val"] == ["val_000"]
+    assert last["model"]["config"]["features"] == 4
+    rows = (model / "history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["3", "6"]
+    assert "validation AP@0.5" in (res / "logs/train.log").read_text()
+    assert (res / "benchmarks/train.tsv").read_text().startswith("s\t")
 
     again = snakemake(tmp_path, "--cores", "2")
     assert again.returncode == 0, again.stderr
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # curated data exported from napari join the training set: Snakemake plans
+    # their preprocessing and targets, and training again
+    curated = tmp_path / "resources/curated/fix1"
+    curated.mkdir(parents=True)
+    shutil.copy(tmp_path / "resources/demo/train/images/train_000.tif", curated / "image.tif")
+    shutil.copy(tmp_path / "resources/demo/train/labels/train_000.tif", curated / "labels.tif")
+    plan = snakemake(tmp_path, "-n", "--cores", "2")
+    assert plan.returncode == 0, plan.stderr
+    assert job_table(plan.stdout) == {"preprocess": 1, "targets": 1, "train": 1, "all": 1,
+                                      "total": 4}
+    assert "results/targets/curated-fix1.zarr" in plan.stdout
 
 
 def test_config_error_stops_before_any_work(tmp_path):
@@ -140,8 +172,10 @@ def test_config_option_values_reach_the_rules_typed(tmp_path):
 def test_3d_demo_config_runs_with_anisotropic_spacing(tmp_path):
     small = ("demo={n_train: 1, n_val: 1, n_predict: 1, train_shape: [8, 48, 48], "
              "predict_shape: [12, 64, 96]}")
+    tiny_model = "model={depth: 2, features: 2}"
+    tiny_train = "train={iterations: 2, val_every: 2, patch: [8, 32, 32], batch_size: 1}"
     shutil.copy(ROOT / "workflow/configs/demo-3d.yaml", tmp_path / "demo-3d.yaml")
-    proc = snakemake(tmp_path, "--cores", "2", "--config", small,
+    proc = snakemake(tmp_path, "--cores", "2", "--config", small, tiny_model, tiny_train,
                      config=yaml.safe_load((tmp_path / "demo-3d.yaml").read_text()))
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "results-3d/preprocessed"
@@ -154,6 +188,10 @@ def test_3d_demo_config_runs_with_anisotropic_spacing(tmp_path):
     assert image.spacing == (1.0, 0.5, 0.5) and image.unit == "micrometer"
     gt = read_labels(out / "train_000.ome.zarr/labels/gt")
     assert gt.data.shape == (8, 48, 48) and int(gt.data.max().compute()) > 3
+    # z (1.0 um) is twice as coarse as y, x (0.5 um): the first level pools y, x only
+    ckpt = load_checkpoint(tmp_path / "results-3d/model/checkpoint_best.pt")
+    assert ckpt["model"]["config"]["pooling"] == [[1, 2, 2], [2, 2, 2]]
+    assert ckpt["data"]["spacing"] == [1.0, 0.5, 0.5]
 
 
 def test_empty_glob_names_the_key(tmp_path):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .config import add_config_options, config_from_args
-from .errors import UnetpipeError
+from .errors import ConfigError, UnetpipeError
 
 log = logging.getLogger("unetpipe")
 
@@ -30,6 +30,19 @@ PREPROCESS_KEYS = (
     "preprocess.chunks", "preprocess.pyramid_levels",
 )
 TARGETS_KEYS = ("targets.mode", "targets.w0", "targets.sigma", "targets.class_balance")
+MODEL_KEYS = ("model.depth", "model.features", "model.padding", "model.norm", "model.dropout",
+              "model.anisotropic")
+TRAIN_KEYS = (
+    *MODEL_KEYS,
+    "train.iterations", "train.minutes", "train.batch_size", "train.patch", "train.foreground",
+    "train.optimizer", "train.lr", "train.momentum", "train.weight_decay", "train.schedule",
+    "train.warmup", "train.dice", "train.val_every", "train.val_fraction",
+    "train.checkpoint_every", "train.seed", "train.device", "train.bf16", "train.compile",
+    "train.deterministic", "train.resume",
+    "augment.elastic", "augment.elastic_sigma", "augment.elastic_grid",
+    "augment.elastic_probability", "augment.flip", "augment.rot90", "augment.scale",
+    "augment.shift", "augment.gamma", "augment.noise",
+)
 SYNTH_KEYS = (
     "demo.dir", "demo.ndim", "demo.seed", "demo.n_train", "demo.n_val", "demo.n_predict",
     "demo.train_shape", "demo.predict_shape", "demo.spacing",
@@ -95,6 +108,30 @@ def cmd_targets(args: argparse.Namespace) -> None:
              "largest weight %.3g, %.1f s", args.store, args.output,
              "x".join(map(str, result.shape)), cfg["mode"], counts, weights, result.weight_max,
              result.seconds)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from .train import train_model
+
+    cfg = config_from_args(args)
+    if len(args.train_images) != len(args.train_targets):
+        raise ConfigError(f"--train-images has {len(args.train_images)} stores but "
+                          f"--train-targets has {len(args.train_targets)}; give one targets "
+                          "store per image, in the same order")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pairs = list(zip(args.train_images, args.train_targets, strict=True))
+    result = train_model(pairs, args.val_images or [], args.output, config=cfg,
+                         progress=not args.quiet)
+    best = ("no validation images; kept the last weights" if result.best_ap is None else
+            f"best validation AP@0.5 {result.best_ap:.3f} at iteration {result.best_iteration}")
+    log.info("train: %s: %d iterations (%d this run, stopped by the %s budget) on %s, "
+             "%.2f it/s, final loss %s; %s", args.output, result.iterations,
+             result.iterations - result.start_iteration, result.stopped_by, result.device,
+             result.iterations_per_second,
+             "n/a" if result.final_loss is None else f"{result.final_loss:.4f}", best)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -173,6 +210,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     add_config_options(p, TARGETS_KEYS)
     p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("train", help="Train the U-Net on preprocessed images and their targets.",
+                       description="Train the U-Net with the weighted cross-entropy of the "
+                                   "paper on random, augmented patches; validate on whole "
+                                   "images (AP at IoU 0.5); write checkpoint_best.pt, "
+                                   "checkpoint_last.pt, history.csv and training_curves.png to "
+                                   "OUTPUT. A run started again resumes from "
+                                   "checkpoint_last.pt when its settings and data are "
+                                   "unchanged.")
+    p.add_argument("output", help="Output folder, e.g. results/model.")
+    p.add_argument("--train-images", nargs="+", required=True, metavar="STORE",
+                   help="Preprocessed stores of the training images.")
+    p.add_argument("--train-targets", nargs="+", required=True, metavar="STORE",
+                   help="Their targets stores, in the same order.")
+    p.add_argument("--val-images", nargs="*", default=[], metavar="STORE",
+                   help="Preprocessed stores (with labels/gt) of the validation images.")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="Torch CPU threads (default: one per core).")
+    _add_common(p)
+    add_config_options(p, TRAIN_KEYS)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("config", help="Validate a config file and print it with defaults.",
                        description="Validate a config file against the schema and print the "

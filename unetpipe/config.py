@@ -346,7 +346,9 @@ def add_config_options(parser: argparse.ArgumentParser, keys: Iterable[str]) -> 
             metavar="VALUE",
             nargs="+" if is_array else None,
             default=argparse.SUPPRESS,
-            help=f"{sub.get('description', '')} Config key {key}; default: {shown}.",
+            # argparse formats help with %: a literal percent sign must be doubled
+            help=f"{sub.get('description', '')} Config key {key}; "
+                 f"default: {shown}.".replace("%", "%%"),
         )
 
 

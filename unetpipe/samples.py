@@ -23,6 +23,10 @@ from .demo import demo_files
 from .errors import ConfigError
 
 ROLES = ("train", "val", "predict")
+# Curated training data (data.curated): one folder per image, holding an image
+# and its labels under these names (the first that exists).
+CURATED_PREFIX = "curated-"
+_CURATED_FILES = ("{}.ome.zarr", "{}.zarr", "{}.ome.tif", "{}.ome.tiff", "{}.tif", "{}.tiff")
 _NAME_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr")
 
 
@@ -129,6 +133,43 @@ def _by_name(paths: list[str], key: str) -> dict[str, str]:
     return out
 
 
+def curated_samples(folder: str | os.PathLike | None) -> list[tuple[str, str, str]]:
+    """Curated training data found in a folder, as ``(name, image, labels)``.
+
+    Every sub-folder ``F`` holding ``image.*`` and ``labels.*`` (TIFF, Zarr or
+    OME-Zarr) is one sample named ``curated-F``. Folders whose name starts
+    with a dot (exports still being written) are skipped, as is a missing
+    folder.
+
+    Raises
+    ------
+    ConfigError
+        A sub-folder holds an image without labels or labels without an image.
+    """
+    if not folder or not os.path.isdir(folder):
+        return []
+    out = []
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if entry.startswith(".") or not os.path.isdir(path) or sample_name(entry) != entry:
+            continue
+        found = {}
+        for kind in ("image", "labels"):
+            for pattern in _CURATED_FILES:
+                candidate = os.path.join(path, pattern.format(kind))
+                if os.path.exists(candidate):
+                    found[kind] = _norm(candidate)
+                    break
+        if not found:
+            continue
+        if len(found) == 1:
+            have, lack = ("image", "labels") if "image" in found else ("labels", "image")
+            raise ConfigError(f"config key 'data.curated': {path} holds {have} but no {lack} "
+                              f"(expected {lack}.tif, {lack}.zarr or {lack}.ome.zarr)")
+        out.append((CURATED_PREFIX + entry, found["image"], found["labels"]))
+    return out
+
+
 def sample_table(config: Mapping) -> dict[str, Sample]:
     """Build the sample table from a validated config.
 
@@ -140,9 +181,10 @@ def sample_table(config: Mapping) -> dict[str, Sample]:
     Returns
     -------
     dict of str to Sample
-        Samples by name, in the order train, val, predict. An image listed
-        under several roles (e.g. training images also segmented) is one
-        sample with several roles.
+        Samples by name, in the order train, val, predict, then curated
+        training data (:func:`curated_samples`). An image listed under
+        several roles (e.g. training images also segmented) is one sample
+        with several roles.
 
     Raises
     ------
@@ -177,6 +219,11 @@ def sample_table(config: Mapping) -> dict[str, Sample]:
                 found[name] = (image, prev_label or label, [*roles, role])
             else:
                 found[name] = (image, label, [role])
+    for name, image, label in curated_samples(get(config, "data.curated")):
+        if name in found:
+            raise ConfigError(f"config key 'data.curated': the sample name {name!r} of "
+                              f"{image} is taken by {found[name][0]}")
+        found[name] = (image, label, ["train"])
     if not found:
         raise ConfigError("no images: set data.train.images and/or data.predict.images")
     return {name: Sample(name, image, label, tuple(roles))

@@ -1,6 +1,7 @@
 # Config validation and the sample table. Everything here runs when Snakemake
 # parses the workflow, before any job: a bad config stops the run at once.
 
+import os
 import re
 import shlex
 import sys
@@ -14,7 +15,7 @@ min_version("8.20")
 # package is not installed (jobs then run in workflow/envs/unetpipe.yaml).
 sys.path.insert(0, workflow.basedir)
 
-from unetpipe.cli import PREPROCESS_KEYS, SYNTH_KEYS, TARGETS_KEYS  # noqa: E402
+from unetpipe.cli import PREPROCESS_KEYS, SYNTH_KEYS, TARGETS_KEYS, TRAIN_KEYS  # noqa: E402
 from unetpipe.config import cli_args, coerce_strings, validate_config  # noqa: E402
 from unetpipe.demo import demo_files  # noqa: E402
 from unetpipe.errors import ConfigError  # noqa: E402
@@ -53,16 +54,31 @@ def preprocess_labels_option(wildcards, input):
     return f"--labels {shlex.quote(input.labels)}" if "labels" in input.keys() else ""
 
 
-def training_samples():
-    """Samples with labels that training uses (training and validation images)."""
-    return [name for name, s in SAMPLES.items() if {"train", "val"} & set(s.roles)]
+def train_names():
+    """Samples the network is trained on (training images, curated data included)."""
+    return [name for name, s in SAMPLES.items() if "train" in s.roles]
+
+
+def val_names():
+    """Samples training is validated on."""
+    return [name for name, s in SAMPLES.items() if "val" in s.roles and "train" not in s.roles]
 
 
 def targets_store(name):
     return f"{RESULTS}/targets/{name}.zarr"
 
 
+def train_runtime():
+    """Minutes a cluster should allow the training job: its budget plus set-up and validation."""
+    minutes = config["train"]["minutes"]
+    return int(minutes * 1.5 + 30) if minutes else 24 * 60
+
+
+MODEL = f"{RESULTS}/model/checkpoint_best.pt"
+
+
 def all_outputs():
-    return [preprocessed(name) for name in SAMPLES] + [
-        targets_store(name) for name in training_samples()
-    ]
+    outputs = [preprocessed(name) for name in SAMPLES]
+    if train_names():
+        outputs.append(MODEL)
+    return outputs

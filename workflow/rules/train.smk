@@ -1,0 +1,42 @@
+# Training the U-Net on the training images' targets and weight maps,
+# validated on the validation images (AP at IoU 0.5).
+#
+# checkpoint_last.pt is deliberately not a declared output: Snakemake removes
+# the declared outputs of a failed or killed job, and the last checkpoint is
+# what a restarted run (`snakemake --rerun-incomplete`) resumes from. The
+# command resumes only when the settings and data are unchanged.
+
+
+rule train:
+    input:
+        images=[preprocessed(name) for name in train_names()],
+        targets=[targets_store(name) for name in train_names()],
+        val=[preprocessed(name) for name in val_names()],
+    output:
+        best=f"{RESULTS}/model/checkpoint_best.pt",
+        history=f"{RESULTS}/model/history.csv",
+        curves=report(
+            f"{RESULTS}/model/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+        ),
+    log:
+        f"{RESULTS}/logs/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train.tsv"
+    params:
+        out=lambda wildcards, output: os.path.dirname(output.best),
+        args=cli_args(config, TRAIN_KEYS),
+        val=lambda wildcards, input: (
+            "--val-images " + " ".join(shlex.quote(v) for v in input.val) if input.val else ""
+        ),
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=train_runtime(),
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "unetpipe --log {log:q} train {params.out:q} --train-images {input.images:q}"
+        " --train-targets {input.targets:q} {params.val} {params.args} --threads {threads}"
