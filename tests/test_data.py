@@ -88,14 +88,13 @@ def test_foreground_bias(sample2d):
 def test_foreground_cells_against_brute_force(sample2d):
     sample, _labels = sample2d
     fg = np.asarray(sample.targets) > 0
-    cells, counts = _foreground_cells(sample.targets, FOREGROUND_CELL)
+    cells, sizes, counts = _foreground_cells(sample.targets, FOREGROUND_CELL)
     assert counts.sum() == fg.sum()
-    for origin, n in zip(cells[:50], counts[:50], strict=True):
-        y, x = origin
-        # cells tile the chunks (64, 48): never cross a chunk edge
-        h = min(FOREGROUND_CELL, 64 - y % 64)
-        w = min(FOREGROUND_CELL, 48 - x % 48)
-        assert fg[y:y + h, x:x + w].sum() == n
+    for (y, x), (h, w), n in zip(cells, sizes, counts, strict=True):
+        # cells tile the chunks (64, 48) and the image (150, 130): never cross an edge
+        assert h == min(FOREGROUND_CELL, 64 - y % 64, 150 - y)
+        assert w == min(FOREGROUND_CELL, 48 - x % 48, 130 - x)
+        assert fg[y:y + h, x:x + w].sum() == n > 0
 
 
 def test_patch_larger_than_image_is_mirrored(tmp_path):

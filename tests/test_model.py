@@ -24,14 +24,7 @@ from unetpipe.model import (
 ANISO = [(1, 2, 2), (2, 2, 2)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The models here are tiny: many short ops. With several threads on a busy
-    # machine each op can wait for a descheduled thread (10x slower and erratic).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny(**kwargs):

@@ -7,13 +7,7 @@ import torch
 from unetpipe.model import UNet
 from unetpipe.predict import predict_array, tiling
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def trained_looking(model):

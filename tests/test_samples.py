@@ -149,10 +149,11 @@ def test_curated_folders_join_the_training_set(tmp_path, monkeypatch):
     _touch("mine/a.tif", "mine/a_labels/a.tif", "resources/curated/fix1/image.tif",
            "resources/curated/fix1/labels.tif", "resources/curated/fix2/image.ome.zarr/zarr.json",
            "resources/curated/fix2/labels.zarr/zarr.json",
+           "resources/curated/exp1.2/image.tif", "resources/curated/exp1.2/labels.tif",
            "resources/curated/.fix3.tmp/image.tif", "resources/curated/notes.txt")
     cfg = _config(train={"images": "mine/*.tif", "labels": "mine/a_labels/*.tif"})
     table = sample_table(cfg)
-    assert list(table) == ["a", "curated-fix1", "curated-fix2"]
+    assert list(table) == ["a", "curated-exp1.2", "curated-fix1", "curated-fix2"]
     assert table["curated-fix1"].roles == ("train",)
     assert table["curated-fix1"].image == os.path.normpath("resources/curated/fix1/image.tif")
     assert table["curated-fix2"].labels == os.path.normpath("resources/curated/fix2/labels.zarr")

@@ -60,12 +60,7 @@ def history(path):
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_training_lowers_the_loss_and_writes_its_outputs(stores, tmp_path):
@@ -131,7 +126,8 @@ def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path):
 
 def test_validation_split_from_training_images(stores, tmp_path):
     train, _ = stores
-    train_model(train, [], tmp_path, config=config(train={"iterations": 4, "val_fraction": 0.5}),
+    # 0.9 of two images rounds to two: one must stay for training
+    train_model(train, [], tmp_path, config=config(train={"iterations": 4, "val_fraction": 0.9}),
                 progress=False)
     ckpt = load_checkpoint(tmp_path / "checkpoint_last.pt")
     assert len(ckpt["data"]["train"]) == 1 and len(ckpt["data"]["val"]) == 1
@@ -153,6 +149,35 @@ def test_changed_settings_start_afresh(stores, tmp_path, caplog):
         assert train_model(train, val, tmp_path, config=other,
                            progress=False).start_iteration == 0
     assert "starting afresh" in caplog.text
+
+
+def test_deterministic_runs_repeat_with_a_time_budget(stores, tmp_path):
+    # the time budget must not leak into the learning rate of a deterministic run
+    train, val = stores
+    cfg = config(train={"iterations": 8, "minutes": 60.0, "deterministic": True},
+                 model={"dropout": 0.3})
+    a = train_model(train, val, tmp_path / "a", config=cfg, progress=False)
+    b = train_model(train, val, tmp_path / "b", config=cfg, progress=False)
+    assert a.stopped_by == b.stopped_by == "iterations"
+    wa = load_checkpoint(tmp_path / "a/checkpoint_last.pt")["model"]["state_dict"]
+    wb = load_checkpoint(tmp_path / "b/checkpoint_last.pt")["model"]["state_dict"]
+    for name, value in wa.items():
+        assert torch.equal(wb[name], value), name
+    assert not torch.are_deterministic_algorithms_enabled()  # switched back afterwards
+
+
+def test_resumed_history_equals_an_uninterrupted_one(stores, tmp_path):
+    train, val = stores
+    cfg = config(train={"iterations": 20, "checkpoint_every": 7, "deterministic": True})
+    train_model(train, val, tmp_path / "whole", config=cfg, progress=False)
+    train_model(train, val, tmp_path / "parts", config=cfg, progress=False, stop_at=13)
+    assert train_model(train, val, tmp_path / "parts", config=cfg,
+                       progress=False).start_iteration == 13
+    whole, parts = history(tmp_path / "whole/history.csv"), history(tmp_path / "parts/history.csv")
+    assert [r["iteration"] for r in parts] == [r["iteration"] for r in whole]
+    for r, q in zip(parts, whole, strict=True):
+        assert float(r["loss"]) == pytest.approx(float(q["loss"]), abs=1e-6)
+        assert r["val_ap"] == q["val_ap"]
 
 
 def test_lr_schedule():

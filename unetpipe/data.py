@@ -48,6 +48,8 @@ class TrainingSample:
         Target mode of the targets store (``two_class`` or ``three_class``).
     cells : ndarray of int64, shape (M, ndim)
         Origins of the coarse cells that hold foreground.
+    cell_sizes : ndarray of int64, shape (M, ndim)
+        Their extents (cells at chunk and image ends are smaller).
     cell_counts : ndarray of int64, shape (M,)
         Foreground pixels in each of those cells.
     """
@@ -59,6 +61,7 @@ class TrainingSample:
     spacing: tuple[float, ...]
     mode: str
     cells: np.ndarray
+    cell_sizes: np.ndarray
     cell_counts: np.ndarray
     attrs: dict
 
@@ -71,14 +74,15 @@ class TrainingSample:
         return int(self.image.shape[0])
 
 
-def _foreground_cells(targets, cell: int) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground pixel counts per coarse cell, read chunk by chunk."""
+def _foreground_cells(targets, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Origins, extents and foreground pixel counts of the coarse cells that
+    hold foreground, read chunk by chunk."""
     shape = targets.shape
     ndim = len(shape)
     chunks = targets.chunks
     # cells must tile every chunk so that a cell never spans two chunks
     cell_shape = tuple(min(cell, c) for c in chunks)
-    origins, counts = [], []
+    origins, sizes, counts = [], [], []
     grid = [range(0, s, c) for s, c in zip(shape, chunks, strict=True)]
     for start in np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, ndim):
         sl = tuple(slice(int(o), min(int(o) + c, s))
@@ -93,11 +97,15 @@ def _foreground_cells(targets, cell: int) -> tuple[np.ndarray, np.ndarray]:
             split.extend([n // k, k])
         summed = block.reshape(split).sum(axis=tuple(range(1, 2 * ndim, 2)))
         idx = np.argwhere(summed > 0)
-        origins.append(start + idx * np.array(cell_shape))
+        lo = start + idx * np.array(cell_shape)
+        stop = np.array([s.stop for s in sl])
+        origins.append(lo)
+        sizes.append(np.minimum(lo + np.array(cell_shape), stop) - lo)
         counts.append(summed[tuple(idx.T)])
     if not origins:
-        return np.zeros((0, ndim), np.int64), np.zeros(0, np.int64)
-    return np.concatenate(origins).astype(np.int64), np.concatenate(counts).astype(np.int64)
+        return np.zeros((0, ndim), np.int64), np.zeros((0, ndim), np.int64), np.zeros(0, np.int64)
+    return (np.concatenate(origins).astype(np.int64), np.concatenate(sizes).astype(np.int64),
+            np.concatenate(counts).astype(np.int64))
 
 
 def open_training_sample(store_path: str | os.PathLike, targets_path: str | os.PathLike, *,
@@ -133,13 +141,13 @@ def open_training_sample(store_path: str | os.PathLike, targets_path: str | os.P
     if mode not in ("two_class", "three_class"):
         raise InputError(targets_path, f"unknown target mode {mode!r} in its attributes")
     spacing = tuple(float(s) for s in attrs.get("spacing", [1.0] * targets.ndim))
-    cells, counts = _foreground_cells(targets, FOREGROUND_CELL)
+    cells, sizes, counts = _foreground_cells(targets, FOREGROUND_CELL)
     if name is None:
         from .samples import sample_name
 
         name = sample_name(store_path)
     return TrainingSample(name=name, image=image, targets=targets, weights=weights,
-                          spacing=spacing, mode=mode, cells=cells, cell_counts=counts,
+                          spacing=spacing, mode=mode, cells=cells, cell_sizes=sizes, cell_counts=counts,
                           attrs=attrs)
 
 
@@ -200,7 +208,7 @@ class PatchSampler:
         high = np.maximum(shape - patch, 0)
         if biased and sample.cell_counts.size:
             k = rng.choice(sample.cell_counts.size, p=sample.cell_counts / sample.cell_counts.sum())
-            cell = np.minimum(FOREGROUND_CELL, shape - sample.cells[k])
+            cell = sample.cell_sizes[k]
             centre = sample.cells[k] + (rng.random(len(shape)) * cell).astype(np.int64)
             # the foreground pixel lands anywhere in the central half of the patch
             jitter = ((rng.random(len(shape)) - 0.5) * patch / 2).astype(np.int64)

@@ -118,7 +118,12 @@ def predict_array(model, image, *, block: Sequence[int] | None = None,
     # pad so that every window lies inside: the offset before, the rest after
     pad = [(o, w - o - b + (c - s))
            for w, o, b, c, s in zip(window, offset, block, covered, spatial, strict=True)]
-    padded = np.pad(image, [(0, 0), *pad], mode="reflect" if min(spatial) > 1 else "symmetric")
+    padded = image
+    for axis, (before, after) in enumerate(pad, start=1):
+        # mirror about the edge pixel; a one-pixel axis can only repeat itself
+        widths = [(0, 0)] * image.ndim
+        widths[axis] = (before, after)
+        padded = np.pad(padded, widths, mode="reflect" if image.shape[axis] > 1 else "edge")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     out = np.zeros((cfg["out_channels"], *covered), np.float32)

@@ -151,7 +151,7 @@ def curated_samples(folder: str | os.PathLike | None) -> list[tuple[str, str, st
     out = []
     for entry in sorted(os.listdir(folder)):
         path = os.path.join(folder, entry)
-        if entry.startswith(".") or not os.path.isdir(path) or sample_name(entry) != entry:
+        if entry.startswith(".") or not os.path.isdir(path):
             continue
         found = {}
         for kind in ("image", "labels"):

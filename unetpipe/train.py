@@ -325,6 +325,20 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
     """
     import torch
 
+    # process-wide switches that training sets: put back afterwards
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        return _train_model(train_stores, val_stores, out_dir, config=config,
+                            progress=progress, stop_at=stop_at)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _train_model(train_stores, val_stores, out_dir, *, config, progress, stop_at):
+    import torch
+
     from .data import PatchSampler, Prefetcher, open_training_sample
     from .loss import SegmentationLoss
     from .model import UNet, anisotropic_pooling, valid_input_shape
@@ -343,7 +357,9 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
     val_stores = [os.fspath(v) for v in val_stores]
     if not val_stores and tcfg["val_fraction"] > 0 and len(train_stores) >= 2:
         rng = np.random.default_rng(tcfg["seed"])
-        n_val = max(1, round(tcfg["val_fraction"] * len(train_stores)))
+        # at least one image held out, at least one left to train on
+        n_val = min(max(1, round(tcfg["val_fraction"] * len(train_stores))),
+                    len(train_stores) - 1)
         held = set(rng.choice(len(train_stores), n_val, replace=False).tolist())
         val_stores = [train_stores[i][0] for i in sorted(held)]
         train_stores = [s for i, s in enumerate(train_stores) if i not in held]
@@ -423,8 +439,15 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
     data_info = {"ndim": ndim, "channels": first.channels, "spacing": list(first.spacing),
                  "unit": first.attrs.get("unit"), "patch": list(patch),
                  "train": [s.name for s in samples], "val": [v.name for v in val_images]}
+    def settings(attrs: dict) -> dict:
+        # what a store was made with, not where it was made: a moved project resumes
+        return {k: v for k, v in attrs.items() if k not in ("source", "labels_source")}
+
     fp = fingerprint({
-        "model": model_config, "targets": [s.attrs for s in samples],
+        "model": model_config, "targets": [settings(s.attrs) for s in samples],
+        "preprocessed": [settings(_store_attrs(img)) for img, _ in train_stores]
+        + [settings(_store_attrs(v)) for v in val_stores],
+        "val_shapes": [list(v.image.shape) for v in val_images],
         "shapes": [list(s.shape) for s in samples], "data": data_info,
         "train": {k: v for k, v in tcfg.items() if k not in _RESUMABLE_CHANGES},
         "augment": acfg, "normalization": normalization,
@@ -445,7 +468,7 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
                               "targets": targets_info, "preprocess": normalization}),
         }
 
-    start, elapsed0, history, best = 0, 0.0, [], None
+    start, elapsed0, history, best, pending = 0, 0.0, [], None, (0.0, 0)
     ckpt = resume_state(last_path, fingerprint_=fp, iterations=iterations,
                         minutes=minutes) if tcfg["resume"] else None
     if ckpt is not None:
@@ -457,6 +480,7 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         start, elapsed0 = int(ckpt["iteration"]), float(ckpt["elapsed"])
         history, best = list(ckpt["history"]), ckpt.get("best")
+        pending = ckpt.get("pending_loss", pending)
         log.info("train: resuming from %s at iteration %d (%.0f s done)", last_path, start,
                  elapsed0)
         if best is not None and not best_path.exists():
@@ -480,6 +504,8 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if cuda else []},
             "history": _plain(history), "best": best,
+            # the loss of the iterations since the last history row
+            "pending_loss": [loss_sum, loss_n],
         })
         save_checkpoint(payload, last_path)
 
@@ -511,7 +537,7 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
     elapsed = elapsed0
     iteration = start
     stopped_by = "iterations"
-    loss_sum, loss_n, last_loss = 0.0, 0, None
+    loss_sum, loss_n, last_loss = float(pending[0]), int(pending[1]), None
     bar = None
     if progress:
         from .progress import bar as make_bar
@@ -534,8 +560,9 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
                 if amp:
                     x = x.contiguous(memory_format=torch.channels_last if ndim == 2
                                      else torch.channels_last_3d)
-                progress_frac = max(iteration / iterations,
-                                    elapsed / (60 * minutes) if minutes else 0.0)
+                # the time fraction would make the rate depend on the machine's speed
+                progress_frac = iteration / iterations if tcfg["deterministic"] else max(
+                    iteration / iterations, elapsed / (60 * minutes) if minutes else 0.0)
                 lr = schedule(iteration, progress_frac)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -556,7 +583,7 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2g}", refresh=False)
                 validate_now = iteration % tcfg["val_every"] == 0
-                if iteration % LOG_EVERY == 0 or validate_now or iteration == end:
+                if iteration % LOG_EVERY == 0 or validate_now or iteration == iterations:
                     row = {"iteration": iteration, "loss": round(loss_sum / loss_n, 6),
                            "lr": lr, "seconds": round(elapsed, 2)}
                     loss_sum, loss_n = 0.0, 0
@@ -582,6 +609,10 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
             bar.close()
 
     finished = stop_at is None or iteration >= iterations or stopped_by == "minutes"
+    if finished and loss_n:  # the last, shorter interval of a run stopped by the clock
+        history.append({"iteration": iteration, "loss": round(loss_sum / loss_n, 6),
+                        "lr": schedule.last_lr, "seconds": round(elapsed, 2)})
+        loss_sum, loss_n = 0.0, 0
     if finished and val_images and (not history or history[-1].get("val_ap") is None
                                     or history[-1]["iteration"] != iteration):
         scores = run_validation(iteration)
