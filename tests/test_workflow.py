@@ -13,7 +13,7 @@ import zarr
 
 from unetpipe.checkpoint import load_checkpoint
 from unetpipe.io import read_image, read_labels, write_tiff
-from unetpipe.weights import separation_targets, separation_weight_map
+from unetpipe.weights import separation_weight_map, targets_for_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
@@ -92,8 +92,11 @@ def test_real_run_then_nothing_to_do(tmp_path):
     assert targets == ["train_000.zarr", "train_001.zarr"]
     root = zarr.open_group(str(res / "targets/train_001.zarr"), mode="r")
     labels = read_labels(tmp_path / "resources/demo/train/labels/train_001.tif").data.compute()
-    np.testing.assert_array_equal(np.asarray(root["targets"]), separation_targets(labels))
-    expected = separation_weight_map(labels)
+    # the default mode: background, interior, boundary
+    assert root.attrs["unetpipe"]["mode"] == "three_class"
+    np.testing.assert_array_equal(np.asarray(root["targets"]),
+                                  targets_for_mode(labels, "three_class"))
+    expected = separation_weight_map(labels, mode="three_class")
     np.testing.assert_allclose(np.asarray(root["weights"]), expected, atol=1e-2)
     for rule, name in [("preprocess", "train_000"), ("preprocess", "predict_000"),
                        ("targets", "train_001")]:
