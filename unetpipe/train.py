@@ -233,20 +233,23 @@ def plot_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
 
     path = Path(os.fspath(path))
     loss = [(r["iteration"], r["loss"]) for r in rows if r.get("loss") is not None]
-    val = [(r["iteration"], r["val_ap"]) for r in rows if r.get("val_ap") is not None]
+    scored = [r for r in rows if r.get("val_ap") is not None]
+    val = [(r["iteration"], r["val_ap"]) for r in scored]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if loss:
         ax.plot(*zip(*loss, strict=True), color="tab:blue", lw=1.2, label="training loss")
         ax.set_yscale("log")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("weighted cross-entropy", color="tab:blue")
+    ax.set_ylabel("training loss", color="tab:blue")
     ax2 = ax.twinx()
     if val:
         ax2.plot(*zip(*val, strict=True), color="tab:red", marker="o", ms=3, lw=1.2,
                  label="validation AP@0.5")
-        best = max(val, key=lambda v: v[1])
-        ax2.annotate(f"best {best[1]:.3f}", best, textcoords="offset points", xytext=(-20, -15),
-                     color="tab:red", fontsize=8)
+        # the checkpoint kept: best AP, ties to the better outlines (as in training)
+        top = max(scored, key=lambda r: (r["val_ap"], r.get("val_iou") or 0.0))
+        ax2.annotate(f"best {top['val_ap']:.3f} at {top['iteration']}",
+                     (top["iteration"], top["val_ap"]), textcoords="offset points",
+                     xytext=(-60, -15), color="tab:red", fontsize=8)
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("validation AP at IoU 0.5", color="tab:red")
     ax.set_title("unetpipe training")
