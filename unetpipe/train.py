@@ -442,6 +442,7 @@ def _train_model(train_stores, val_stores, out_dir, *, config, progress, stop_at
     data_info = {"ndim": ndim, "channels": first.channels, "spacing": list(first.spacing),
                  "unit": first.attrs.get("unit"), "patch": list(patch),
                  "train": [s.name for s in samples], "val": [v.name for v in val_images]}
+
     def settings(attrs: dict) -> dict:
         # what a store was made with, not where it was made: a moved project resumes
         return {k: v for k, v in attrs.items() if k not in ("source", "labels_source")}
