@@ -180,6 +180,21 @@ def test_resumed_history_equals_an_uninterrupted_one(stores, tmp_path):
         assert r["val_ap"] == q["val_ap"]
 
 
+def test_a_moved_project_still_resumes(stores, tmp_path):
+    import shutil
+
+    train, val = stores
+    cfg = config(train={"iterations": 10})
+    train_model(train, val, tmp_path / "model", config=cfg, progress=False, stop_at=5)
+    folder = os.path.dirname(train[0][0])
+    moved = shutil.copytree(folder, tmp_path / "moved")
+    train2 = [(str(moved / os.path.basename(a)), str(moved / os.path.basename(b)))
+              for a, b in train]
+    val2 = [str(moved / os.path.basename(v)) for v in val]
+    assert train_model(train2, val2, tmp_path / "model", config=cfg,
+                       progress=False).start_iteration == 5
+
+
 def test_lr_schedule():
     s = LRSchedule(lr=1.0, kind="cosine", warmup=4)
     assert s(0, 0.0) == pytest.approx(0.25)
