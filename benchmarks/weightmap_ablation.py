@@ -27,9 +27,7 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
-import zarr
 from demo_data import demo_training_data
 
 from unetpipe.checkpoint import build_model, load_checkpoint
@@ -40,7 +38,7 @@ from unetpipe.metrics import match, split_pairs
 from unetpipe.predict import predict_array
 from unetpipe.preprocess import preprocess_file
 from unetpipe.synth import touching_pairs
-from unetpipe.train import VAL_MIN_SIZE, train_model
+from unetpipe.train import VAL_MIN_SIZE, load_val_image, train_model
 
 
 def score(model, stores, mode):
@@ -48,9 +46,9 @@ def score(model, stores, mode):
     tp = fp = fn = 0
     split = pairs = 0
     for store in stores:
-        image = np.asarray(zarr.open_array(os.path.join(store, "0"), mode="r")[...])
-        gt = np.asarray(zarr.open_array(os.path.join(store, "labels/gt/0"), mode="r")[...])
-        probs = predict_array(model, image, batch_size=2)
+        item = load_val_image(store)
+        gt = item.gt
+        probs = predict_array(model, item.image, batch_size=2)
         labels = connected_instances(probs, mode=mode, min_size=VAL_MIN_SIZE[gt.ndim])
         m = match(gt, labels)
         tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn

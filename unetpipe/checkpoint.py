@@ -27,8 +27,6 @@ weights_only=True)``, which refuses any pickled object. It describes itself:
 from __future__ import annotations
 
 import os
-import uuid
-from pathlib import Path
 
 from .errors import InputError
 
@@ -40,15 +38,10 @@ def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
     """Write a checkpoint atomically (temporary file, then rename)."""
     import torch
 
-    path = Path(os.fspath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    from .io import atomic_output
+
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:

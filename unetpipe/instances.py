@@ -56,11 +56,7 @@ def connected_instances(probabilities, *, mode: str = "two_class", min_size: int
         small = sizes < min_size
         small[0] = False
         labels[small[labels]] = 0
-    labels, _, _ = _relabel(labels)
-    return labels.astype(np.int32)
-
-
-def _relabel(labels):
     from skimage.segmentation import relabel_sequential
 
-    return relabel_sequential(labels)
+    labels, _, _ = relabel_sequential(labels)
+    return labels.astype(np.int32)

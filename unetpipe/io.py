@@ -475,7 +475,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
     if not tmp.exists():
         raise RuntimeError(f"nothing was written to {tmp}")
-    if dest.exists() or dest.is_symlink():
+    if tmp.is_file() and not dest.is_dir():
+        os.replace(tmp, dest)  # one atomic step: dest is never missing
+    elif dest.exists() or dest.is_symlink():
+        # a folder cannot be renamed over a non-empty folder: move the old one aside
         old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(dest, old)
         os.replace(tmp, dest)

@@ -43,6 +43,7 @@ import numpy as np
 from . import __version__
 from .checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from .errors import ConfigError, InputError, UnetpipeError
+from .io import atomic_output
 
 log = logging.getLogger("unetpipe")
 
@@ -214,14 +215,11 @@ def validate(model, images: Sequence[ValImage], *, mode: str, device=None,
 
 def write_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """history.csv, written atomically."""
-    path = Path(os.fspath(path))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_FIELDS})
-    os.replace(tmp, path)
 
 
 def plot_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
@@ -254,10 +252,9 @@ def plot_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
     ax2.set_ylabel("validation AP at IoU 0.5", color="tab:red")
     ax.set_title("unetpipe training")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def resume_state(path: str | os.PathLike, *, fingerprint_: str, iterations: int,
