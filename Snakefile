@@ -9,6 +9,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
 
 
 localrules:

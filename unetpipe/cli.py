@@ -43,6 +43,11 @@ TRAIN_KEYS = (
     "augment.elastic_probability", "augment.flip", "augment.rot90", "augment.scale",
     "augment.shift", "augment.gamma", "augment.noise",
 )
+PREDICT_KEYS = (
+    "predict.block", "predict.halo", "predict.batch_size", "predict.device", "predict.bf16",
+    "predict.tta", "predict.skip_empty", "predict.dtype", "predict.workers",
+    "predict.scheduler", "predict.address", "predict.processes", "predict.resume",
+)
 SYNTH_KEYS = (
     "demo.dir", "demo.ndim", "demo.seed", "demo.n_train", "demo.n_val", "demo.n_predict",
     "demo.train_shape", "demo.predict_shape", "demo.spacing",
@@ -132,6 +137,23 @@ def cmd_train(args: argparse.Namespace) -> None:
              result.iterations - result.start_iteration, result.stopped_by, result.device,
              result.iterations_per_second,
              "n/a" if result.final_loss is None else f"{result.final_loss:.4f}", best)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import predict_store
+
+    cfg = config_from_args(args)["predict"]
+    result = predict_store(
+        args.checkpoint, args.store, args.output, block=cfg["block"], halo=cfg["halo"],
+        batch_size=cfg["batch_size"], device=cfg["device"], bf16=cfg["bf16"], tta=cfg["tta"],
+        skip_empty=cfg["skip_empty"], dtype=cfg["dtype"], threads=args.threads,
+        workers=cfg["workers"], scheduler=cfg["scheduler"], address=cfg["address"],
+        processes=cfg["processes"], resume=cfg["resume"], progress=not args.quiet,
+    )
+    log.info("predict: %s: classes %s, %d blocks of %s (%d computed, %d skipped as empty, "
+             "%d done before) on %s, %.3g voxels/s", result.output, ", ".join(result.classes),
+             result.blocks, "x".join(map(str, result.block)), result.computed, result.skipped,
+             result.resumed, result.device, result.voxels_per_second)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -231,6 +253,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     add_config_options(p, TRAIN_KEYS)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="Class probabilities of a preprocessed image, block by "
+                                       "block, resumably.",
+                       description="Predict the class probabilities of a preprocessed "
+                                   "OME-Zarr store with a trained checkpoint: overlap-tile "
+                                   "inference block by block (the output chunks), each from "
+                                   "the block plus a halo covering the network's receptive "
+                                   "field, mirror-padded at the border, so the result does not "
+                                   "depend on the block size. Memory depends on the block and "
+                                   "the number of workers, not on the image. The output is "
+                                   "built in the hidden store .OUTPUT.partial and renamed to "
+                                   "OUTPUT when complete; a killed run started again with the "
+                                   "same arguments predicts only the blocks still missing.")
+    p.add_argument("checkpoint", help="Checkpoint, e.g. results/model/checkpoint_best.pt.")
+    p.add_argument("store", help="Preprocessed store, e.g. results/preprocessed/NAME.ome.zarr.")
+    p.add_argument("output", help="Output store, e.g. results/probabilities/NAME.ome.zarr.")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU cores to use (default: all), shared among the Dask threads "
+                        "as torch threads.")
+    _add_common(p)
+    add_config_options(p, PREDICT_KEYS)
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("config", help="Validate a config file and print it with defaults.",
                        description="Validate a config file against the schema and print the "

@@ -475,16 +475,27 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
     if not tmp.exists():
         raise RuntimeError(f"nothing was written to {tmp}")
-    if tmp.is_file() and not dest.is_dir():
-        os.replace(tmp, dest)  # one atomic step: dest is never missing
+    replace_path(tmp, dest)
+
+
+def replace_path(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename a finished file or folder ``src`` to ``dest``, replacing what is there.
+
+    A file replaces a file in one atomic step. A folder cannot be renamed over
+    a non-empty folder, so an existing ``dest`` is first moved aside and
+    removed afterwards: ``dest`` is then missing for an instant, but never
+    partial.
+    """
+    src, dest = Path(os.fspath(src)), Path(os.fspath(dest))
+    if src.is_file() and not dest.is_dir():
+        os.replace(src, dest)
     elif dest.exists() or dest.is_symlink():
-        # a folder cannot be renamed over a non-empty folder: move the old one aside
         old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(dest, old)
-        os.replace(tmp, dest)
+        os.replace(src, dest)
         _remove(old)
     else:
-        os.replace(tmp, dest)
+        os.replace(src, dest)
 
 
 # --- OME-Zarr writing ---------------------------------------------------------
@@ -699,13 +710,27 @@ def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: 
         shapes.append(tuple(source.shape))
         scales.append([1.0 if a == "c" else float(level_spacing[axes.replace("c", "").index(a)])
                        for a in axes])
+    set_multiscale_metadata(group, axes=axes, unit=unit, scales=scales, name=name,
+                            kind="nearest" if labels else "mean")
+    return shapes
+
+
+def set_multiscale_metadata(group, *, axes: str, unit: str | None,
+                            scales: Sequence[Sequence[float]], name: str | None = None,
+                            kind: str = "mean") -> None:
+    """Write NGFF multiscale metadata for arrays ``"0"``, ``"1"``, ... of ``group``.
+
+    ``scales`` holds one scale per level, one value per axis of ``axes``
+    (1 for a channel axis).
+    """
     multiscale = {
         "axes": _axes_metadata(axes, unit),
         "datasets": [
-            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": s}]}
+            {"path": str(i), "coordinateTransformations": [{"type": "scale",
+                                                            "scale": [float(v) for v in s]}]}
             for i, s in enumerate(scales)
         ],
-        "type": "mean" if not labels else "nearest",
+        "type": kind,
     }
     if name:
         multiscale["name"] = name
@@ -713,7 +738,6 @@ def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: 
     ome["version"] = NGFF_VERSION
     ome["multiscales"] = [multiscale]
     group.attrs["ome"] = ome
-    return shapes
 
 
 def write_label_image(root, name: str, data, *, spacing: Sequence[float], unit: str | None,

@@ -1,19 +1,38 @@
-"""Prediction with a trained U-Net: overlap-tile inference.
+"""Prediction with a trained U-Net: overlap-tile inference, in memory or chunked.
 
-:func:`predict_array` predicts an image held in memory block by block, each
-block from a window that adds a halo covering the network's receptive
-field, mirror-padded at the image border (the paper's overlap-tile
-strategy). Window origins stay on the network's pooling grid, so the result
-does not depend on the block size.
+Both paths predict an image block by block, each block from a window that
+adds a halo covering the network's receptive field, mirror-padded at the
+image border (the paper's overlap-tile strategy). Window origins stay on the
+network's pooling grid, so the result does not depend on the block size.
+
+- :func:`predict_array` predicts an image held in memory (validation images).
+- :func:`predict_store` predicts a preprocessed (OME-)Zarr store of any size
+  into an OME-Zarr store of class probabilities whose chunks are the blocks.
+  Windows are read lazily, batches of blocks go through the network
+  in parallel Dask tasks, and each finished block is written and recorded at
+  once, so memory does not grow with the image and a killed run resumes
+  where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import logging
 import math
+import os
+import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from .errors import ConfigError, InputError
+
+log = logging.getLogger("unetpipe")
 
 # Default block (output tile) per spatial axis when none is given.
 DEFAULT_BLOCK = {2: (512, 512), 3: (64, 128, 128)}
@@ -76,9 +95,106 @@ def _ceil_to(n: int, m: int) -> int:
     return int(math.ceil(n / m) * m)
 
 
+def mirror_index(start: int, size: int, n: int) -> np.ndarray:
+    """Source indices of positions ``start .. start + size - 1`` of an axis of length ``n``.
+
+    Positions outside ``[0, n)`` are mirrored about the edge pixels, repeatedly
+    when the axis is shorter than the pad (as ``np.pad(..., mode="reflect")``);
+    an axis of one pixel repeats it.
+    """
+    i = np.arange(start, start + size)
+    if n == 1:
+        return np.zeros(size, np.intp)
+    period = 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.where(i >= n, period - i, i).astype(np.intp)
+
+
+def read_window(source, start: Sequence[int], size: Sequence[int], *, read=None) -> np.ndarray:
+    """A window of a (C, *S) array, mirror-padded where it leaves the array.
+
+    Parameters
+    ----------
+    source : array-like of shape (C, *S)
+        Anything with ``shape`` that ``read(source, box)`` can slice.
+    start, size : sequence of int
+        Window origin (may be negative) and shape, per spatial axis.
+    read : callable, optional
+        ``read(source, box) -> ndarray``; default ``np.asarray(source[box])``.
+
+    Returns
+    -------
+    ndarray of shape (C, *size)
+    """
+    read = read or (lambda a, box: np.asarray(a[box]))
+    spatial = source.shape[1:]
+    index = [mirror_index(s, n, dim) for s, n, dim in zip(start, size, spatial, strict=True)]
+    box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in index)
+    data = read(source, (slice(None), *box))
+    inside = all(s >= 0 and s + n <= dim for s, n, dim in zip(start, size, spatial, strict=True))
+    if inside:
+        return data
+    local = [ix - b.start for ix, b in zip(index, box, strict=True)]
+    return data[(slice(None), *np.ix_(*local))]
+
+
+def _flip_sets(ndim: int, tta: bool) -> list[tuple[int, ...]]:
+    """Tensor dims to flip for test-time augmentation: every subset of the spatial axes."""
+    if not tta:
+        return [()]
+    axes = range(2, 2 + ndim)
+    return [c for r in range(ndim + 1) for c in itertools.combinations(axes, r)]
+
+
+def forward_windows(model, windows: np.ndarray, block: Sequence[int], *, device,
+                    amp: bool = False, tta: bool = False) -> np.ndarray:
+    """Class probabilities of a batch of windows, cropped to their blocks.
+
+    Parameters
+    ----------
+    model : unetpipe.model.UNet
+        In eval mode, on ``device``.
+    windows : ndarray of float32, shape (B, C, *W)
+    block : sequence of int
+        Output block; the centre of each window's output is kept.
+    device : torch.device
+    amp : bool
+        bf16 autocast (CUDA only).
+    tta : bool
+        Average the softmax over all flips of the spatial axes.
+
+    Returns
+    -------
+    ndarray of float32, shape (B, K, *block)
+    """
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    else:
+        x = x.to(device)
+    flips = _flip_sets(len(block), tta)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                enabled=amp and device.type == "cuda"):
+        total = None
+        for dims in flips:
+            y = model(torch.flip(x, dims) if dims else x)
+            y = torch.softmax(y.float(), dim=1)
+            if dims:
+                y = torch.flip(y, dims)
+            total = y if total is None else total.add_(y)
+        if len(flips) > 1:
+            total /= len(flips)
+        crop = [(n - b) // 2 for n, b in zip(total.shape[2:], block, strict=True)]
+        total = total[(slice(None), slice(None),
+                       *(slice(c, c + b) for c, b in zip(crop, block, strict=True)))]
+        return total.float().cpu().numpy()
+
+
 def predict_array(model, image, *, block: Sequence[int] | None = None,
                   halo: Sequence[int] | None = None, batch_size: int = 1, device=None,
-                  amp: bool = False) -> np.ndarray:
+                  amp: bool = False, tta: bool = False) -> np.ndarray:
     """Class probabilities of an image in memory, by overlap-tile prediction.
 
     Parameters
@@ -95,6 +211,8 @@ def predict_array(model, image, *, block: Sequence[int] | None = None,
         Default: the model's device.
     amp : bool
         bf16 autocast (CUDA only).
+    tta : bool
+        Average over flips (see :func:`forward_windows`).
 
     Returns
     -------
@@ -105,42 +223,590 @@ def predict_array(model, image, *, block: Sequence[int] | None = None,
 
     image = np.asarray(image, dtype=np.float32)
     cfg = model.config
-    if image.ndim != cfg["ndim"] + 1:
-        raise ValueError(f"expected an image of shape (C, *S) with {cfg['ndim']} spatial axes, "
-                         f"got {image.shape}")
-    if image.shape[0] != cfg["in_channels"]:
-        raise ValueError(f"the model takes {cfg['in_channels']} channel(s), the image has "
-                         f"{image.shape[0]} (shape {image.shape})")
+    _check_image_shape(cfg, image.shape, "the image")
     spatial = image.shape[1:]
     block, window, offset = tiling(cfg, spatial, block=block, halo=halo)
-    n_blocks = [math.ceil(s / b) for s, b in zip(spatial, block, strict=True)]
-    covered = [n * b for n, b in zip(n_blocks, block, strict=True)]
-    # pad so that every window lies inside: the offset before, the rest after
-    pad = [(o, w - o - b + (c - s))
-           for w, o, b, c, s in zip(window, offset, block, covered, spatial, strict=True)]
-    padded = image
-    for axis, (before, after) in enumerate(pad, start=1):
-        # mirror about the edge pixel; a one-pixel axis can only repeat itself
-        widths = [(0, 0)] * image.ndim
-        widths[axis] = (before, after)
-        padded = np.pad(padded, widths, mode="reflect" if image.shape[axis] > 1 else "edge")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
-    out = np.zeros((cfg["out_channels"], *covered), np.float32)
-    origins = list(itertools.product(*[range(0, c, b) for c, b in zip(covered, block,
-                                                                      strict=True)]))
+    out = np.zeros((cfg["out_channels"], *spatial), np.float32)
+    origins = block_origins(spatial, block)
+    for first in range(0, len(origins), batch_size):
+        chunk = origins[first:first + batch_size]
+        windows = np.stack([read_window(image, [o - f for o, f in zip(origin, offset,
+                                                                       strict=True)], window)
+                            for origin in chunk])
+        probs = forward_windows(model, windows, block, device=device, amp=amp, tta=tta)
+        for origin, p in zip(chunk, probs, strict=True):
+            region, local = _clip(origin, block, spatial)
+            out[(slice(None), *region)] = p[(slice(None), *local)]
+    return out
 
-    def region(origin, size):
-        return (slice(None), *(slice(o, o + n) for o, n in zip(origin, size, strict=True)))
 
-    for start in range(0, len(origins), batch_size):
-        chunk = origins[start:start + batch_size]
-        windows = np.stack([padded[region(origin, window)] for origin in chunk])
-        x = torch.from_numpy(windows).to(device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                    enabled=amp and device.type == "cuda"):
-            y = torch.softmax(model(x).float(), dim=1).cpu().numpy()
-        crop = [(n - b) // 2 for n, b in zip(y.shape[2:], block, strict=True)]
-        for origin, probs in zip(chunk, y, strict=True):
-            out[region(origin, block)] = probs[region(crop, block)]
-    return out[(slice(None), *tuple(slice(0, s) for s in spatial))]
+def _check_image_shape(cfg: dict, shape: Sequence[int], what: str) -> None:
+    if len(shape) != cfg["ndim"] + 1:
+        raise ValueError(f"expected an image of shape (C, *S) with {cfg['ndim']} spatial axes, "
+                         f"got {tuple(shape)}")
+    if shape[0] != cfg["in_channels"]:
+        raise ValueError(f"the model takes {cfg['in_channels']} channel(s), {what} has "
+                         f"{shape[0]} (shape {tuple(shape)})")
+
+
+def block_origins(spatial_shape: Sequence[int], block: Sequence[int]) -> list[tuple[int, ...]]:
+    """Origins of the blocks covering an image, in raster order."""
+    return list(itertools.product(*[range(0, s, b) for s, b in zip(spatial_shape, block,
+                                                                   strict=True)]))
+
+
+def _clip(origin, block, spatial):
+    """The part of a block inside the image: (image region, block-local region)."""
+    sizes = [min(b, s - o) for o, b, s in zip(origin, block, spatial, strict=True)]
+    region = tuple(slice(o, o + n) for o, n in zip(origin, sizes, strict=True))
+    local = tuple(slice(0, n) for n in sizes)
+    return region, local
+
+
+# --- chunked prediction of a store ---------------------------------------------------
+
+DONE_DIR = "_unetpipe_done"
+"""Folder inside a partial output store with one marker file per finished block."""
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict_store` did."""
+
+    output: str
+    shape: tuple[int, ...]
+    classes: list[str]
+    block: tuple[int, ...]
+    window: tuple[int, ...]
+    blocks: int
+    computed: int
+    skipped: int
+    resumed: int
+    seconds: float
+    device: str
+    workers: int
+    torch_threads: int
+    batch_size: int
+
+    @property
+    def voxels_per_second(self) -> float:
+        """Image voxels predicted (computed blocks only, cropped to the image) per second."""
+        done = self.computed + self.skipped
+        per_block = math.prod(self.shape) / max(self.blocks, 1)
+        return done * per_block / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs to predict blocks; plain values, so it pickles."""
+
+    checkpoint: str
+    checkpoint_sha: str
+    image: str
+    output: str
+    channel_axis: bool
+    shape: tuple[int, ...]
+    block: tuple[int, ...]
+    window: tuple[int, ...]
+    offset: tuple[int, ...]
+    device: str
+    amp: bool
+    tta: bool
+    skip_empty: float | None
+    skip_level: str | None
+    skip_factors: tuple[int, ...] | None
+    torch_threads: int
+    classes: int
+    dtype: str
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+_STATE: dict = {}
+_STATE_LOCK = threading.Lock()
+MODEL_LOADS = []
+"""Checkpoints loaded by this process (one entry per load); tests and logs read it."""
+
+
+def _worker_state(job: _Job):
+    """The model and open arrays of a job, loaded once per process (worker)."""
+    key = (job.checkpoint_sha, job.image, job.output, job.device)
+    with _STATE_LOCK:
+        state = _STATE.get(key)
+        if state is None:
+            import torch
+            import zarr
+
+            from .checkpoint import build_model, load_checkpoint
+
+            if job.device == "cpu" and torch.get_num_threads() != job.torch_threads:
+                torch.set_num_threads(job.torch_threads)
+            device = torch.device(job.device)
+            model = build_model(load_checkpoint(job.checkpoint)).to(device)
+            MODEL_LOADS.append(job.checkpoint)
+            source = zarr.open_array(os.path.join(job.image, "0"), mode="r")
+            low = (zarr.open_array(os.path.join(job.image, job.skip_level), mode="r")
+                   if job.skip_level else None)
+            target = zarr.open_array(os.path.join(job.output, "0"), mode="r+")
+            state = {"model": model, "device": device, "source": source, "low": low,
+                     "target": target}
+            _STATE.clear()  # one job per process at a time: drop earlier models
+            _STATE[key] = state
+    return state
+
+
+def _read(array, box, path):
+    try:
+        return np.asarray(array[box], dtype=np.float32)
+    except Exception as e:
+        raise InputError(path, f"cannot read pixel data ({type(e).__name__}: {e})") from e
+
+
+def _source_view(job: _Job, array):
+    """The input array as (C, *S), adding a channel axis where the store has none."""
+    if job.channel_axis:
+        return array
+
+    class _WithChannel:
+        shape = (1, *array.shape)
+
+        def __getitem__(self, box):
+            return np.asarray(array[box[1:]])[None]
+
+    return _WithChannel()
+
+
+def _is_empty(job: _Job, low, origin) -> bool:
+    """True when the low-resolution window of a block stays below the threshold."""
+    starts = [o - f for o, f in zip(origin, job.offset, strict=True)]
+    box = []
+    for s, w, f, n in zip(starts, job.window, job.skip_factors, low.shape[-len(starts):],
+                          strict=True):
+        lo, hi = max(0, s) // f, min(n * f, s + w) // f + 1
+        box.append(slice(lo, max(lo + 1, min(n, hi))))
+    head = (slice(None),) if job.channel_axis else ()
+    values = _read(low, (*head, *box), job.image)
+    return bool(values.size) and float(values.max()) < job.skip_empty
+
+
+def _run_blocks(job: _Job, indices: Sequence[tuple[int, ...]]) -> tuple[int, int]:
+    """Predict, write and record a batch of blocks; returns (computed, skipped)."""
+    state = _worker_state(job)
+    source = _source_view(job, state["source"])
+    target = state["target"]
+    done_dir = os.path.join(job.output, DONE_DIR)
+    origins = [tuple(i * b for i, b in zip(index, job.block, strict=True)) for index in indices]
+    empty = [job.skip_empty is not None and _is_empty(job, state["low"], o) for o in origins]
+    compute = [o for o, e in zip(origins, empty, strict=True) if not e]
+    probs = []
+    if compute:
+        windows = np.stack([
+            read_window(source, [o - f for o, f in zip(origin, job.offset, strict=True)],
+                        job.window, read=lambda a, box: _read(a, box, job.image))
+            for origin in compute])
+        probs = list(forward_windows(state["model"], windows, job.block, device=state["device"],
+                                     amp=job.amp, tta=job.tta))
+    probs.reverse()
+    for index, origin, e in zip(indices, origins, empty, strict=True):
+        region, local = _clip(origin, job.block, job.shape)
+        if e:
+            p = np.zeros((job.classes, *[r.stop - r.start for r in region]), job.dtype)
+            p[0] = 1
+        else:
+            p = probs.pop()[(slice(None), *local)].astype(job.dtype, copy=False)
+        target[(slice(None), *region)] = p
+        # the marker follows the chunk: a block without one is computed again
+        with open(os.path.join(done_dir, ".".join(map(str, index))), "x"):
+            pass
+    return len(compute), len(origins) - len(compute)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def _input_signature(path: str) -> dict:
+    """What identifies the input store's content: its level-0 metadata file's stat."""
+    for name in ("zarr.json", ".zarray"):
+        meta = os.path.join(path, "0", name)
+        if os.path.exists(meta):
+            st = os.stat(meta)
+            return {"meta_mtime_ns": st.st_mtime_ns, "meta_size": st.st_size}
+    return {}
+
+
+def partial_path(out: str | os.PathLike) -> Path:
+    """Where :func:`predict_store` builds its output until every block is done."""
+    out = Path(os.fspath(out))
+    return out.with_name(f".{out.name}.partial")
+
+
+def _open_input(path: str, checkpoint: dict, ckpt_path: str):
+    """Level 0 of the input store, its axes, spacing and unit; checked against the model."""
+    import zarr
+
+    from .io import read_image
+
+    image = read_image(path)
+    cfg = checkpoint["model"]["config"]
+    ndim, channels = cfg["ndim"], cfg["in_channels"]
+    if image.ndim != ndim:
+        raise InputError(path, f"is {image.ndim}D (axes {image.axes}, shape "
+                               f"{tuple(image.data.shape)}), but the model in {ckpt_path} "
+                               f"predicts {ndim}D {'stacks' if ndim == 3 else 'images'}")
+    have = image.data.shape[0] if "c" in image.axes else 1
+    if have != channels:
+        raise InputError(path, f"has {have} channel(s) (axes {image.axes}, shape "
+                               f"{tuple(image.data.shape)}), but the model in {ckpt_path} was "
+                               f"trained on {channels}")
+    try:
+        level0 = zarr.open_array(os.path.join(path, "0"), mode="r")
+    except Exception as e:
+        raise InputError(path, "is not a preprocessed OME-Zarr store with its full "
+                               f"resolution at array '0' ({type(e).__name__}: {e}); run "
+                               "`unetpipe preprocess` first") from e
+    if tuple(level0.shape) != tuple(image.data.shape):
+        raise InputError(path, f"array '0' has shape {tuple(level0.shape)}, the image "
+                               f"{tuple(image.data.shape)}")
+    return image, level0
+
+
+def _skip_level(path: str, image, window: Sequence[int]):
+    """The coarsest pyramid level of the input that still has a few pixels per window."""
+    import zarr
+
+    datasets = []
+    for ms in (image.metadata.get("ome", image.metadata).get("multiscales") or [{}])[:1]:
+        datasets = [d["path"] for d in ms.get("datasets", [])]
+    spatial0 = image.spatial_shape
+    best = None
+    for name in datasets[1:]:
+        try:
+            arr = zarr.open_array(os.path.join(path, name), mode="r")
+        except Exception:
+            continue
+        shape = arr.shape[-len(spatial0):]
+        factors = tuple(max(1, round(s0 / s)) for s0, s in zip(spatial0, shape, strict=True))
+        if all(w // f >= 4 for w, f in zip(window, factors, strict=True)):
+            best = (name, factors)
+    return best or ("0", tuple(1 for _ in spatial0))
+
+
+def _auto_workers(device_type: str, threads: int) -> int:
+    """Dask threads: two on any device, so one batch is read and written while
+    another is in the network; one on a single core."""
+    return 1 if threads <= 1 else 2
+
+
+def _scheduler_run(job, batches, *, scheduler: str, address: str | None, workers: int,
+                   processes: int | None, pbar) -> list[int]:
+    """Run the batches as Dask tasks, updating the progress bar as each ends.
+
+    Returns the numbers of blocks computed and skipped.
+    """
+    if scheduler == "threads":
+        import dask
+        from dask.callbacks import Callback
+
+        class _Progress(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if isinstance(result, tuple) and len(result) == 2:
+                    pbar.update(sum(result))
+
+        tasks = [dask.delayed(_run_blocks, pure=False)(job, b) for b in batches]
+        with _Progress():
+            results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
+        return [sum(r[0] for r in results), sum(r[1] for r in results)]
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if address:
+        client = Client(address)
+    else:
+        cluster = LocalCluster(n_workers=processes or 2, threads_per_worker=workers,
+                               processes=True, dashboard_address=None)
+        client = Client(cluster)
+    totals = [0, 0]
+    try:
+        futures = client.map(_run_blocks, [job] * len(batches), batches, pure=False)
+        for future in as_completed(futures):
+            computed, skipped = future.result()
+            totals[0] += computed
+            totals[1] += skipped
+            pbar.update(computed + skipped)
+        return totals
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
+                  out: str | os.PathLike, *, block: Sequence[int] | None = None,
+                  halo: Sequence[int] | None = None, batch_size: int | None = None,
+                  device: str = "auto", bf16: bool = True, tta: bool = False,
+                  skip_empty: float | None = None, dtype: str = "float32",
+                  threads: int | None = None, workers: int | None = None,
+                  scheduler: str = "threads", address: str | None = None,
+                  processes: int | None = None, resume: bool = True,
+                  progress: bool = True) -> PredictResult:
+    """Class probabilities of a preprocessed store, chunk by chunk, resumably.
+
+    Parameters
+    ----------
+    checkpoint : path
+        A checkpoint written by training (``checkpoint_best.pt``).
+    image : path
+        Preprocessed OME-Zarr store (full resolution at array ``0``, axes
+        ``c(z)yx`` or ``(z)yx``).
+    out : path
+        Output OME-Zarr store. Axes ``c(z)yx``, ``c`` the classes; chunks
+        are the blocks. It is built at :func:`partial_path` and renamed to
+        ``out`` when every block is done.
+    block, halo : sequence of int, optional
+        Output block (= chunk) and halo per spatial axis; see :func:`tiling`.
+    batch_size : int, optional
+        Blocks per forward pass. Default: 4 on CUDA, 1 on the CPU.
+    device : {"auto", "cuda", "mps", "cpu"}
+    bf16 : bool
+        bf16 autocast on CUDA.
+    tta : bool
+        Average over all flips of the spatial axes (4 passes in 2D, 8 in 3D).
+    skip_empty : float, optional
+        Blocks whose window never exceeds this (normalised) intensity in the
+        coarsest pyramid level of the input are not predicted; they are
+        written as background. None: predict every block.
+    dtype : {"float32", "float16"}
+        Stored probability type.
+    threads : int, optional
+        CPU cores to use (default: all); torch gets ``threads // workers``
+        per Dask thread.
+    workers : int, optional
+        Dask threads (per process), each running a batch: reading, network,
+        writing. Default 2 (1 on one core).
+    scheduler : {"threads", "distributed"}
+        Dask's threaded scheduler, or a ``dask.distributed`` cluster: the one
+        at ``address``, or a local one of ``processes`` worker processes.
+        Each worker loads the model once.
+    resume : bool
+        Continue a partial output made with the same checkpoint, input and
+        settings, predicting only the blocks it lacks.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    PredictResult
+
+    Raises
+    ------
+    InputError
+        The input is unreadable, or its dimensionality or channel count does
+        not match the checkpoint's model.
+    """
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .io import replace_path, set_multiscale_metadata
+    from .progress import bar
+    from .train import select_device
+
+    t0 = time.perf_counter()
+    ckpt_path, image_path, out = os.fspath(checkpoint), os.fspath(image), Path(os.fspath(out))
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = ckpt["model"]["config"]
+    img, level0 = _open_input(image_path, ckpt, ckpt_path)
+    spatial = img.spatial_shape
+    _check_spacing(img, ckpt, image_path)
+    for key, value in (("block", block), ("halo", halo)):
+        if value is not None and len(value) != len(spatial):
+            raise ConfigError(f"config key 'predict.{key}': {list(value)} has {len(value)} "
+                              f"values but {image_path} has {len(spatial)} spatial axes "
+                              f"({img.spatial_axes})")
+    if scheduler not in ("threads", "distributed"):
+        raise ConfigError(f"config key 'predict.scheduler': {scheduler!r} is not threads or "
+                          "distributed")
+    if scheduler == "distributed":
+        try:
+            import distributed  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("config key 'predict.scheduler': distributed needs the "
+                              "dask.distributed package (pip install 'unetpipe[cluster]')"
+                              ) from e
+    if dtype not in ("float32", "float16"):
+        raise ConfigError(f"config key 'predict.dtype': {dtype!r} is not float32 or float16")
+    if cfg.get("padding", "same") == "valid" and halo is not None:
+        log.warning("predict: a valid-padding model sets its own context; the halo %s is "
+                    "ignored", list(halo))
+        halo = None
+    block_, window, offset = tiling(cfg, spatial, block=block, halo=halo)
+    dev = select_device(device, key="predict.device")
+    threads = threads or os.cpu_count() or 1
+    workers = workers or _auto_workers(dev.type, threads)
+    torch_threads = max(1, threads // workers)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    batch_size = batch_size or (4 if dev.type == "cuda" else 1)
+    mode = (ckpt.get("targets") or {}).get("mode") or "two_class"
+    classes = list((ckpt.get("targets") or {}).get("classes")
+                   or (["background", "cell"] if mode == "two_class"
+                       else ["background", "interior", "boundary"]))
+    n_classes = int(cfg["out_channels"])
+    classes = classes[:n_classes] + [f"class{i}" for i in range(len(classes), n_classes)]
+    skip = _skip_level(image_path, img, window) if skip_empty is not None else None
+
+    job = _Job(
+        checkpoint=os.path.abspath(ckpt_path), checkpoint_sha=_sha256(ckpt_path),
+        image=os.path.abspath(image_path), output=os.path.abspath(partial_path(out)),
+        channel_axis="c" in img.axes, shape=tuple(spatial), block=tuple(block_),
+        window=tuple(window), offset=tuple(offset), device=str(dev),
+        amp=bool(bf16) and dev.type == "cuda", tta=bool(tta),
+        skip_empty=None if skip_empty is None else float(skip_empty),
+        skip_level=skip[0] if skip else None, skip_factors=skip[1] if skip else None,
+        torch_threads=torch_threads, classes=n_classes, dtype=dtype,
+    )
+    # what the stored values depend on; the rest (device, threads, batch) does not
+    fingerprint = {
+        "checkpoint_sha256": job.checkpoint_sha, "input": job.image,
+        "input_signature": _input_signature(image_path), "shape": list(level0.shape),
+        "block": list(job.block), "window": list(job.window), "offset": list(job.offset),
+        "tta": job.tta, "skip_empty": job.skip_empty, "dtype": dtype,
+    }
+    partial = Path(job.output)
+    grid = [math.ceil(s / b) for s, b in zip(spatial, block_, strict=True)]
+    all_blocks = list(itertools.product(*[range(g) for g in grid]))
+    done = _resume_state(partial, fingerprint, resume=resume)
+    if done is None:
+        _create_output(partial, level0_shape=(n_classes, *spatial), img=img, block=job.block,
+                       dtype=dtype, fingerprint=fingerprint, classes=classes, ckpt=ckpt,
+                       ckpt_path=job.checkpoint, set_metadata=set_multiscale_metadata,
+                       settings={"block": list(job.block), "window": list(job.window),
+                                 "offset": list(job.offset), "tta": job.tta,
+                                 "skip_empty": job.skip_empty})
+        done = set()
+    todo = [b for b in all_blocks if b not in done]
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    log.info("predict: %s: shape %s, %d blocks of %s from windows of %s (%d done before), "
+             "%d batch(es) of %d on %s, %d Dask thread(s) x %d torch thread(s)%s",
+             image_path, "x".join(map(str, spatial)), len(all_blocks),
+             "x".join(map(str, block_)), "x".join(map(str, window)), len(done), len(batches),
+             batch_size, dev, workers, torch_threads, ", flip TTA" if tta else "")
+    counts = [0, 0]
+    t_start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(torch_threads)
+    try:
+        with bar(total=len(all_blocks), initial=len(done), desc="predict", unit="block",
+                 disable=not progress) as pbar:
+            if batches:
+                counts = _scheduler_run(job, batches, scheduler=scheduler, address=address,
+                                        workers=workers, processes=processes, pbar=pbar)
+    finally:
+        torch.set_num_threads(previous_threads)
+        _STATE.clear()
+    seconds = time.perf_counter() - t_start
+    finished = set(_markers(partial))
+    missing = [b for b in all_blocks if b not in finished]
+    if missing:
+        raise RuntimeError(f"{len(missing)} block(s) of {partial} were not recorded as done, "
+                           f"e.g. {missing[0]}")
+    _finish(partial)
+    replace_path(partial, out)
+    result = PredictResult(
+        output=os.fspath(out), shape=tuple(spatial), classes=classes, block=tuple(block_),
+        window=tuple(window), blocks=len(all_blocks), computed=counts[0],
+        skipped=counts[1], resumed=len(done), seconds=seconds, device=str(dev),
+        workers=workers, torch_threads=torch_threads, batch_size=batch_size,
+    )
+    log.info("predict: %s -> %s: %d blocks (%d computed, %d skipped as empty, %d done "
+             "before) in %.1f s: %.3g voxels/s (%.3g blocks/s), %.1f s in all",
+             image_path, out, result.blocks, result.computed, result.skipped, result.resumed,
+             seconds, result.voxels_per_second,
+             (result.computed + result.skipped) / seconds if seconds > 0 else 0.0,
+             time.perf_counter() - t0)
+    return result
+
+
+def _check_spacing(img, ckpt: dict, path: str) -> None:
+    data = ckpt.get("data") or {}
+    trained = data.get("spacing")
+    if not trained or img.unit is None or data.get("unit") is None:
+        return
+    ratio = [a / b for a, b in zip(img.spacing, trained, strict=False) if b]
+    if any(r > 1.25 or r < 0.8 for r in ratio):
+        log.warning("%s: pixel size %s differs from the training data's %s; predictions "
+                    "may suffer (resample the image, or train on data like it)", path,
+                    list(img.spacing), list(trained))
+
+
+def _markers(partial: Path) -> list[tuple[int, ...]]:
+    folder = partial / DONE_DIR
+    if not folder.is_dir():
+        return []
+    out = []
+    for name in os.listdir(folder):
+        try:
+            out.append(tuple(int(v) for v in name.split(".")))
+        except ValueError:
+            continue
+    return out
+
+
+def _resume_state(partial: Path, fingerprint: dict, *, resume: bool) -> set | None:
+    """Blocks already done in a partial output made the same way, or None to start afresh."""
+    import shutil
+
+    import zarr
+
+    if not partial.exists():
+        return None
+    reason = "resume is off"
+    if resume:
+        try:
+            attrs = dict(zarr.open_group(str(partial), mode="r").attrs.get("unetpipe", {}))
+        except Exception:
+            attrs = {}
+        stored = attrs.get("fingerprint")
+        if stored == json.loads(json.dumps(fingerprint)):
+            done = set(_markers(partial))
+            log.info("predict: resuming %s: %d block(s) already done", partial, len(done))
+            return done
+        changed = sorted(k for k in fingerprint if (stored or {}).get(k) != fingerprint[k])
+        reason = f"it was made with other {', '.join(changed) or 'settings'}"
+    log.info("predict: starting afresh: the partial output %s is not used (%s)", partial,
+             reason)
+    shutil.rmtree(partial)
+    return None
+
+
+def _create_output(partial: Path, *, level0_shape, img, block, dtype, fingerprint, classes,
+                   ckpt, ckpt_path, set_metadata, settings) -> None:
+    import zarr
+
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    root = zarr.open_group(str(partial), mode="w", zarr_format=3)
+    spatial_axes = img.spatial_axes
+    axes = "c" + spatial_axes
+    root.create_array("0", shape=level0_shape, chunks=(level0_shape[0], *block),
+                      dtype=dtype, fill_value=0, dimension_names=list(axes))
+    set_metadata(root, axes=axes, unit=img.unit, scales=[[1.0, *img.spacing]],
+                 name="probabilities")
+    root.attrs["unetpipe"] = {
+        "stage": "predict", "classes": classes, "source": os.path.abspath(img.path),
+        "checkpoint": ckpt_path, "checkpoint_iteration": ckpt.get("iteration"),
+        "mode": (ckpt.get("targets") or {}).get("mode"), "fingerprint": fingerprint,
+        **settings,
+    }
+    (partial / DONE_DIR).mkdir()
+
+
+def _finish(partial: Path) -> None:
+    import shutil
+
+    shutil.rmtree(partial / DONE_DIR)

@@ -88,8 +88,10 @@ class ValImage:
 # --- small pieces ---------------------------------------------------------------
 
 
-def select_device(name: str = "auto"):
-    """The training device: CUDA, then MPS, then CPU for ``"auto"``.
+def select_device(name: str = "auto", *, key: str = "train.device"):
+    """The device to run on: CUDA, then MPS, then CPU for ``"auto"``.
+
+    ``key`` is the config key named when the device asked for is missing.
 
     Raises
     ------
@@ -105,10 +107,10 @@ def select_device(name: str = "auto"):
             return torch.device("cuda")
         return torch.device("mps" if has_mps else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'train.device': cuda, but torch sees no CUDA device "
+        raise ConfigError(f"config key '{key}': cuda, but torch sees no CUDA device "
                           f"(torch {torch.__version__}; a CPU-only build?)")
     if name == "mps" and not has_mps:
-        raise ConfigError("config key 'train.device': mps, but MPS is not available here")
+        raise ConfigError(f"config key '{key}': mps, but MPS is not available here")
     return torch.device(name)
 
 

@@ -15,7 +15,13 @@ min_version("8.20")
 # package is not installed (jobs then run in workflow/envs/unetpipe.yaml).
 sys.path.insert(0, workflow.basedir)
 
-from unetpipe.cli import PREPROCESS_KEYS, SYNTH_KEYS, TARGETS_KEYS, TRAIN_KEYS  # noqa: E402
+from unetpipe.cli import (  # noqa: E402
+    PREDICT_KEYS,
+    PREPROCESS_KEYS,
+    SYNTH_KEYS,
+    TARGETS_KEYS,
+    TRAIN_KEYS,
+)
 from unetpipe.config import cli_args, coerce_strings, validate_config  # noqa: E402
 from unetpipe.demo import demo_files  # noqa: E402
 from unetpipe.errors import ConfigError  # noqa: E402
@@ -75,10 +81,28 @@ def train_runtime():
 
 
 MODEL = f"{RESULTS}/model/checkpoint_best.pt"
+# the checkpoint prediction uses: a given one, or the one the workflow trains
+CHECKPOINT = config["predict"]["checkpoint"] or MODEL
+
+
+def predict_names():
+    """Samples to segment."""
+    return [name for name, s in SAMPLES.items() if "predict" in s.roles]
+
+
+def probabilities(name):
+    return f"{RESULTS}/probabilities/{name}.ome.zarr"
+
+
+def predict_runtime():
+    """Minutes a cluster should allow a prediction job (it resumes if cut short)."""
+    return 4 * 60
 
 
 def all_outputs():
     outputs = [preprocessed(name) for name in SAMPLES]
-    if train_names():
+    if train_names() and not config["predict"]["checkpoint"]:
         outputs.append(MODEL)
+    if train_names() or config["predict"]["checkpoint"]:
+        outputs += [probabilities(name) for name in predict_names()]
     return outputs
