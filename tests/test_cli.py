@@ -37,8 +37,13 @@ def image(tmp_path):
 def test_help_lists_commands_and_options():
     proc = run("--help")
     assert proc.returncode == 0
-    for command in ("synth", "preprocess", "config"):
+    for command in ("synth", "preprocess", "targets", "train", "predict", "config"):
         assert command in proc.stdout
+    proc = run("predict", "--help")
+    assert proc.returncode == 0
+    for option in ("--block", "--halo", "--tta", "--skip-empty", "--workers", "--scheduler",
+                   "--resume", "--threads"):
+        assert option in proc.stdout
     proc = run("preprocess", "--help")
     assert proc.returncode == 0
     for option in ("--percentiles", "--spacing", "--axes", "--chunks", "--labels", "--configfile"):

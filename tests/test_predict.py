@@ -20,6 +20,7 @@ from unetpipe.model import UNet
 from unetpipe.predict import (
     DONE_DIR,
     MODEL_LOADS,
+    _skip_level,
     mirror_index,
     partial_path,
     predict_array,
@@ -242,12 +243,29 @@ def test_empty_blocks_are_skipped_by_the_low_resolution_check(tmp_path):
                          block=(16, 16), progress=False)
     skip = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "skip.ome.zarr",
                          block=(16, 16), skip_empty=0.1, progress=False)
+    # the check reads pyramid level 2 (4x smaller), not the full resolution
+    level, factors = _skip_level(str(tmp_path / "in.ome.zarr"),
+                                 read_image(tmp_path / "in.ome.zarr"), skip_window(ckpt))
+    assert level.endswith("2") and factors == (4, 4)
     assert full.computed == 64 and full.skipped == 0
     assert skip.skipped > 32 and skip.computed + skip.skipped == 64
     a, b = probabilities(tmp_path / "full.ome.zarr"), probabilities(tmp_path / "skip.ome.zarr")
     # blocks near the object are predicted as before; skipped ones are background
     np.testing.assert_array_equal(b[:, 64:96, 64:112], a[:, 64:96, 64:112])
     assert np.all(b[0, :32, :32] == 1) and np.all(b[1:, :32, :32] == 0)
+    # without a pyramid the window itself is checked: the same blocks are skipped
+    write_ome_zarr(tmp_path / "flat.ome.zarr", image, axes="cyx", spacing=(1.0, 1.0),
+                   chunks=(32, 32))
+    flat = predict_store(ckpt, tmp_path / "flat.ome.zarr", tmp_path / "flat-out.ome.zarr",
+                         block=(16, 16), skip_empty=0.1, progress=False)
+    assert (flat.computed, flat.skipped) == (skip.computed, skip.skipped)
+    np.testing.assert_array_equal(probabilities(tmp_path / "flat-out.ome.zarr"), b)
+
+
+def skip_window(ckpt):
+    from unetpipe.checkpoint import load_checkpoint
+
+    return tiling(load_checkpoint(ckpt)["model"]["config"], (128, 128), block=(16, 16))[1]
 
 
 def test_wrong_dimensionality_and_channels_fail_with_a_clear_message(tmp_path, capsys):
@@ -316,6 +334,34 @@ def test_changed_settings_start_afresh_and_unchanged_ones_resume(tmp_path, caplo
     assert result.resumed == 0 and result.computed == 4
     assert "starting afresh" in caplog.text and "block" in caplog.text
     np.testing.assert_allclose(probabilities(out), predict_array(model, image), atol=1e-4)
+
+
+def test_a_run_killed_while_finishing_is_finished_without_predicting(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = trained_looking(UNet(ndim=2, depth=2, features=3, out_channels=3))
+    write_ome_zarr(tmp_path / "in.ome.zarr",
+                   np.random.default_rng(0).random((1, 40, 40)).astype(np.float32),
+                   axes="cyx", spacing=(1.0, 1.0))
+    ckpt = save_model(model, tmp_path / "m.pt")
+    out = tmp_path / "o.ome.zarr"
+    first = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(16, 16), progress=False)
+    expected = probabilities(out)
+    # as if killed after the block records were removed but before the rename
+    os.rename(out, partial_path(out))
+    caplog.set_level("INFO", logger="unetpipe")
+    again = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(16, 16), progress=False)
+    assert first.computed == 9 and again.computed == 0 and again.resumed == 9
+    assert "is complete; finishing it" in caplog.text
+    np.testing.assert_array_equal(probabilities(out), expected)
+
+
+def test_input_error_survives_pickling():
+    """dask.distributed sends a worker's exception back pickled."""
+    import pickle
+
+    error = pickle.loads(pickle.dumps(InputError("a.zarr", "cannot read pixel data")))
+    assert isinstance(error, InputError) and str(error) == "a.zarr: cannot read pixel data"
+    assert error.path == "a.zarr"
 
 
 def _kill_when(proc, folder, at_least):
@@ -412,3 +458,25 @@ def test_distributed_cluster_loads_the_model_once_per_worker(tmp_path):
     assert len(MODEL_LOADS) == loaded_here  # none in this process
     np.testing.assert_allclose(probabilities(tmp_path / "o.ome.zarr"),
                                predict_array(model, image), atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_prediction_matches_the_cpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    torch.manual_seed(0)
+    model = trained_looking(UNet(ndim=3, depth=2, features=4, out_channels=3))
+    ckpt = save_model(model, tmp_path / "m.pt")
+    image = np.random.default_rng(0).random((1, 20, 70, 60)).astype(np.float32)
+    write_ome_zarr(tmp_path / "in.ome.zarr", image, axes="czyx", spacing=(1.0, 1.0, 1.0))
+    cpu = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "cpu.ome.zarr",
+                        block=(8, 32, 32), device="cpu", progress=False)
+    fp32 = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "f32.ome.zarr",
+                         block=(8, 32, 32), device="cuda", bf16=False, progress=False)
+    bf16 = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "bf16.ome.zarr",
+                         block=(16, 64, 64), device="cuda", progress=False)
+    assert cpu.device == "cpu" and fp32.device.startswith("cuda") and bf16.batch_size == 4
+    ref = probabilities(tmp_path / "cpu.ome.zarr")
+    # TF32 convolutions by default on CUDA
+    assert np.abs(probabilities(tmp_path / "f32.ome.zarr") - ref).max() <= 5e-3
+    assert np.abs(probabilities(tmp_path / "bf16.ome.zarr") - ref).max() <= 0.05

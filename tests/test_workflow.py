@@ -11,8 +11,9 @@ import pytest
 import yaml
 import zarr
 
-from unetpipe.checkpoint import load_checkpoint
+from unetpipe.checkpoint import build_model, load_checkpoint
 from unetpipe.io import read_image, read_labels, write_tiff
+from unetpipe.predict import predict_array
 from unetpipe.weights import separation_weight_map, targets_for_mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +62,22 @@ def job_table(out):
     return table
 
 
-def test_dry_run_plans_demo_preprocess_targets_and_training(tmp_path):
+def test_dry_run_plans_demo_preprocess_targets_training_and_prediction(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2", config=TINY)
     assert proc.returncode == 0, proc.stderr
-    # targets for the two training images only; one training job
+    # targets for the two training images only; one training job; one image to predict
     assert job_table(proc.stdout) == {"demo_data": 1, "preprocess": 4, "targets": 2, "train": 1,
-                                      "all": 1, "total": 9}
+                                      "predict": 1, "all": 1, "total": 10}
+
+
+def test_a_given_checkpoint_predicts_without_training(tmp_path):
+    (tmp_path / "mine.pt").write_bytes(b"")  # a dry run does not read it
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--config", "predict={checkpoint: mine.pt}",
+                     config=TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert job_table(proc.stdout) == {"demo_data": 1, "preprocess": 4, "predict": 1, "all": 1,
+                                      "total": 7}
+    assert "mine.pt" in proc.stdout
 
 
 @pytest.mark.slow
@@ -115,6 +126,15 @@ def test_real_run_then_nothing_to_do(tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == ["3", "6"]
     assert "validation AP@0.5" in (res / "logs/train.log").read_text()
     assert (res / "benchmarks/train.tsv").read_text().startswith("s\t")
+    # prediction: the probabilities of the trained model, block by block
+    probs = read_image(res / "probabilities/predict_000.ome.zarr")
+    assert probs.axes == "cyx" and probs.data.shape == (3, 160, 128)
+    best = load_checkpoint(model / "checkpoint_best.pt")
+    expected = predict_array(build_model(best), image.data.compute())
+    assert np.abs(probs.data.compute() - expected).max() <= 1e-4
+    assert "computed" in (res / "logs/predict/predict_000.log").read_text()
+    assert (res / "benchmarks/predict/predict_000.tsv").read_text().startswith("s\t")
+    assert not [p for p in (res / "probabilities").iterdir() if p.name.startswith(".")]
 
     again = snakemake(tmp_path, "--cores", "2")
     assert again.returncode == 0, again.stderr
@@ -128,8 +148,8 @@ def test_real_run_then_nothing_to_do(tmp_path):
     shutil.copy(tmp_path / "resources/demo/train/labels/train_000.tif", curated / "labels.tif")
     plan = snakemake(tmp_path, "-n", "--cores", "2")
     assert plan.returncode == 0, plan.stderr
-    assert job_table(plan.stdout) == {"preprocess": 1, "targets": 1, "train": 1, "all": 1,
-                                      "total": 4}
+    assert job_table(plan.stdout) == {"preprocess": 1, "targets": 1, "train": 1, "predict": 1,
+                                      "all": 1, "total": 5}
     assert "results/targets/curated-fix1.zarr" in plan.stdout
 
 
@@ -195,6 +215,9 @@ def test_3d_demo_config_runs_with_anisotropic_spacing(tmp_path):
     ckpt = load_checkpoint(tmp_path / "results-3d/model/checkpoint_best.pt")
     assert ckpt["model"]["config"]["pooling"] == [[1, 2, 2], [2, 2, 2]]
     assert ckpt["data"]["spacing"] == [1.0, 0.5, 0.5]
+    probs = read_image(tmp_path / "results-3d/probabilities/predict_000.ome.zarr")
+    assert probs.axes == "czyx" and probs.data.shape == (3, 12, 64, 96)
+    assert probs.spacing == (1.0, 0.5, 0.5)
 
 
 def test_empty_glob_names_the_key(tmp_path):
@@ -224,3 +247,56 @@ def test_bad_user_file_fails_its_job_with_one_clear_line(tmp_path):
         "good.ome.zarr"]
     log = (tmp_path / "results/logs/preprocess/broken.log").read_text()
     assert "not a readable TIFF file" in log
+
+
+@pytest.mark.slow
+def test_killed_snakemake_resumes_prediction_from_the_partial_store(tmp_path):
+    """Snakemake keeps the undeclared partial store of a killed predict job, and
+    the rerun predicts only the blocks still missing."""
+    import signal
+    import time
+
+    import torch
+
+    from unetpipe.checkpoint import FORMAT, VERSION, save_checkpoint
+    from unetpipe.model import UNet
+    from unetpipe.predict import DONE_DIR, partial_path
+
+    torch.manual_seed(0)
+    model = UNet(ndim=2, depth=2, features=8, out_channels=3).eval()
+    save_checkpoint({"format": FORMAT, "version": VERSION, "iteration": 0,
+                     "model": {"class": "UNet", "config": model.config,
+                               "state_dict": model.state_dict()},
+                     "targets": {"mode": "three_class"},
+                     "data": {"ndim": 2, "channels": 1, "spacing": [1.0, 1.0], "unit": None}},
+                    tmp_path / "mine.pt")
+    config = {**TINY, "demo": {**TINY["demo"], "predict_shape": [640, 512]},
+              "predict": {"checkpoint": "mine.pt", "block": [32, 32], "workers": 1}}
+    first = snakemake(tmp_path, "--cores", "1", "--until", "preprocess", config=config)
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "results/probabilities/predict_000.ome.zarr"
+    markers = partial_path(out) / DONE_DIR
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+               + os.environ.get("PATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
+         str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (markers.is_dir() and len(os.listdir(markers)) >= 40):
+        assert proc.poll() is None and time.monotonic() < deadline, "predict did not start"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake, the job's shell and unetpipe
+    proc.wait()
+    time.sleep(1)  # the killed job's processes are gone
+    done = len(os.listdir(markers))
+    assert not out.exists() and done < 320
+
+    again = snakemake(tmp_path, "--cores", "1", "--rerun-incomplete")
+    assert again.returncode == 0, again.stderr
+    log = (tmp_path / "results/logs/predict/predict_000.log").read_text()
+    assert f"({320 - done} computed, 0 skipped as empty, {done} done before)" in log, log
+    assert out.is_dir() and not partial_path(out).exists()
+    image = read_image(tmp_path / "results/preprocessed/predict_000.ome.zarr").data.compute()
+    probs = read_image(out).data.compute()
+    assert np.abs(probs - predict_array(model, image)).max() <= 1e-4

@@ -33,3 +33,7 @@ class InputError(UnetpipeError):
         self.path = os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        # picklable, so that dask.distributed workers can send it back as it is
+        return (type(self), (self.path, self.problem))

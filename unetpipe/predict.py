@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -292,7 +292,7 @@ class PredictResult:
 
     @property
     def voxels_per_second(self) -> float:
-        """Image voxels predicted (computed blocks only, cropped to the image) per second."""
+        """Image voxels predicted (or skipped as empty) by this run, per second."""
         done = self.computed + self.skipped
         per_block = math.prod(self.shape) / max(self.blocks, 1)
         return done * per_block / self.seconds if self.seconds > 0 else 0.0
@@ -320,7 +320,6 @@ class _Job:
     torch_threads: int
     classes: int
     dtype: str
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 _STATE: dict = {}
@@ -329,9 +328,32 @@ MODEL_LOADS = []
 """Checkpoints loaded by this process (one entry per load); tests and logs read it."""
 
 
+MMAP_THRESHOLD = 1 << 20
+
+
+def _limit_heap_growth() -> None:
+    """Make glibc give large freed buffers back to the system at once.
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a large mmapped
+    buffer is freed; after that, buffers of a few MiB (Zarr chunks, windows)
+    come from per-thread heaps that fragment and are never returned, which
+    roughly doubled the peak RSS of prediction. A fixed threshold turns the
+    adjustment off (measured in benchmarks/predict_memory.py).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _worker_state(job: _Job):
     """The model and open arrays of a job, loaded once per process (worker)."""
-    key = (job.checkpoint_sha, job.image, job.output, job.device)
+    key = job  # a new job (another block, dtype, output) never reuses an old one's arrays
     with _STATE_LOCK:
         state = _STATE.get(key)
         if state is None:
@@ -339,15 +361,18 @@ def _worker_state(job: _Job):
             import zarr
 
             from .checkpoint import build_model, load_checkpoint
+            from .io import read_image
 
+            _limit_heap_growth()
             if job.device == "cpu" and torch.get_num_threads() != job.torch_threads:
                 torch.set_num_threads(job.torch_threads)
             device = torch.device(job.device)
             model = build_model(load_checkpoint(job.checkpoint)).to(device)
             MODEL_LOADS.append(job.checkpoint)
-            source = zarr.open_array(os.path.join(job.image, "0"), mode="r")
-            low = (zarr.open_array(os.path.join(job.image, job.skip_level), mode="r")
-                   if job.skip_level else None)
+            source = read_image(job.image).data
+            if not job.channel_axis:
+                source = source[None]
+            low = zarr.open_array(job.skip_level, mode="r") if job.skip_level else None
             target = zarr.open_array(os.path.join(job.output, "0"), mode="r+")
             state = {"model": model, "device": device, "source": source, "low": low,
                      "target": target}
@@ -357,24 +382,16 @@ def _worker_state(job: _Job):
 
 
 def _read(array, box, path):
+    """A box of a Zarr or Dask array as float32, read in the calling thread."""
     try:
-        return np.asarray(array[box], dtype=np.float32)
+        block = array[box]
+        if hasattr(block, "compute"):
+            block = block.compute(scheduler="synchronous")
+        return np.asarray(block, dtype=np.float32)
+    except InputError:
+        raise
     except Exception as e:
         raise InputError(path, f"cannot read pixel data ({type(e).__name__}: {e})") from e
-
-
-def _source_view(job: _Job, array):
-    """The input array as (C, *S), adding a channel axis where the store has none."""
-    if job.channel_axis:
-        return array
-
-    class _WithChannel:
-        shape = (1, *array.shape)
-
-        def __getitem__(self, box):
-            return np.asarray(array[box[1:]])[None]
-
-    return _WithChannel()
 
 
 def _is_empty(job: _Job, low, origin) -> bool:
@@ -393,20 +410,25 @@ def _is_empty(job: _Job, low, origin) -> bool:
 def _run_blocks(job: _Job, indices: Sequence[tuple[int, ...]]) -> tuple[int, int]:
     """Predict, write and record a batch of blocks; returns (computed, skipped)."""
     state = _worker_state(job)
-    source = _source_view(job, state["source"])
-    target = state["target"]
+    source, low, target = state["source"], state["low"], state["target"]
     done_dir = os.path.join(job.output, DONE_DIR)
     origins = [tuple(i * b for i, b in zip(index, job.block, strict=True)) for index in indices]
-    empty = [job.skip_empty is not None and _is_empty(job, state["low"], o) for o in origins]
-    compute = [o for o, e in zip(origins, empty, strict=True) if not e]
+    windows, empty = [], []
+    for origin in origins:
+        if job.skip_empty is not None and low is not None and _is_empty(job, low, origin):
+            empty.append(True)
+            continue
+        window = read_window(source, [o - f for o, f in zip(origin, job.offset, strict=True)],
+                             job.window, read=lambda a, box: _read(a, box, job.image))
+        # without a pyramid the check is on the window itself (still no network pass)
+        empty.append(job.skip_empty is not None and low is None
+                     and float(window.max()) < job.skip_empty)
+        if not empty[-1]:
+            windows.append(window)
     probs = []
-    if compute:
-        windows = np.stack([
-            read_window(source, [o - f for o, f in zip(origin, job.offset, strict=True)],
-                        job.window, read=lambda a, box: _read(a, box, job.image))
-            for origin in compute])
-        probs = list(forward_windows(state["model"], windows, job.block, device=state["device"],
-                                     amp=job.amp, tta=job.tta))
+    if windows:
+        probs = list(forward_windows(state["model"], np.stack(windows), job.block,
+                                     device=state["device"], amp=job.amp, tta=job.tta))
     probs.reverse()
     for index, origin, e in zip(indices, origins, empty, strict=True):
         region, local = _clip(origin, job.block, job.shape)
@@ -416,10 +438,12 @@ def _run_blocks(job: _Job, indices: Sequence[tuple[int, ...]]) -> tuple[int, int
         else:
             p = probs.pop()[(slice(None), *local)].astype(job.dtype, copy=False)
         target[(slice(None), *region)] = p
-        # the marker follows the chunk: a block without one is computed again
-        with open(os.path.join(done_dir, ".".join(map(str, index))), "x"):
-            pass
-    return len(compute), len(origins) - len(compute)
+        # the marker follows the chunk: a block without one is computed again (a
+        # task retried by dask.distributed may find its marker there already)
+        os.close(os.open(os.path.join(done_dir, ".".join(map(str, index))),
+                         os.O_CREAT | os.O_WRONLY, 0o644))
+    n_empty = sum(empty)
+    return len(origins) - n_empty, n_empty
 
 
 def _sha256(path: str) -> str:
@@ -431,13 +455,19 @@ def _sha256(path: str) -> str:
 
 
 def _input_signature(path: str) -> dict:
-    """What identifies the input store's content: its level-0 metadata file's stat."""
-    for name in ("zarr.json", ".zarray"):
-        meta = os.path.join(path, "0", name)
-        if os.path.exists(meta):
-            st = os.stat(meta)
-            return {"meta_mtime_ns": st.st_mtime_ns, "meta_size": st.st_size}
-    return {}
+    """What identifies the input's content: the stat of its metadata files (a
+    rewritten store or file is new), or of the file itself."""
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return {"mtime_ns": st.st_mtime_ns, "size": st.st_size}
+    found = {}
+    for folder in (path, os.path.join(path, "0")):
+        for name in ("zarr.json", ".zarray", ".zattrs", ".zgroup"):
+            meta = os.path.join(folder, name)
+            if os.path.exists(meta):
+                st = os.stat(meta)
+                found[os.path.relpath(meta, path)] = [st.st_mtime_ns, st.st_size]
+    return found
 
 
 def partial_path(out: str | os.PathLike) -> Path:
@@ -447,9 +477,7 @@ def partial_path(out: str | os.PathLike) -> Path:
 
 
 def _open_input(path: str, checkpoint: dict, ckpt_path: str):
-    """Level 0 of the input store, its axes, spacing and unit; checked against the model."""
-    import zarr
-
+    """The input image (lazily), checked against the checkpoint's model."""
     from .io import read_image
 
     image = read_image(path)
@@ -464,37 +492,42 @@ def _open_input(path: str, checkpoint: dict, ckpt_path: str):
         raise InputError(path, f"has {have} channel(s) (axes {image.axes}, shape "
                                f"{tuple(image.data.shape)}), but the model in {ckpt_path} was "
                                f"trained on {channels}")
-    try:
-        level0 = zarr.open_array(os.path.join(path, "0"), mode="r")
-    except Exception as e:
-        raise InputError(path, "is not a preprocessed OME-Zarr store with its full "
-                               f"resolution at array '0' ({type(e).__name__}: {e}); run "
-                               "`unetpipe preprocess` first") from e
-    if tuple(level0.shape) != tuple(image.data.shape):
-        raise InputError(path, f"array '0' has shape {tuple(level0.shape)}, the image "
-                               f"{tuple(image.data.shape)}")
-    return image, level0
+    return image
 
 
 def _skip_level(path: str, image, window: Sequence[int]):
-    """The coarsest pyramid level of the input that still has a few pixels per window."""
+    """The pyramid level of an OME-Zarr input for the empty-block check.
+
+    The coarsest level downsampled at most 4 times per axis (pyramids are
+    averages, so a small bright object is dimmed by at most the product)
+    that keeps at least 4 pixels per window axis. Returns (array path,
+    factors), or None (no usable level: the check then uses the window).
+    """
     import zarr
 
-    datasets = []
-    for ms in (image.metadata.get("ome", image.metadata).get("multiscales") or [{}])[:1]:
-        datasets = [d["path"] for d in ms.get("datasets", [])]
+    ms = ((image.metadata.get("ngff") or {}).get("multiscales") or [{}])[0]
+    datasets = [d.get("path") for d in ms.get("datasets", []) if d.get("path")]
+    if len(datasets) < 2:
+        return None
+    # the image group: the store, or its first series (bioformats2raw)
+    roots = [r for r in (path, os.path.join(path, "0"))
+             if os.path.isdir(os.path.join(r, datasets[0]))]
+    if not roots:
+        return None
     spatial0 = image.spatial_shape
     best = None
     for name in datasets[1:]:
         try:
-            arr = zarr.open_array(os.path.join(path, name), mode="r")
+            arr = zarr.open_array(os.path.join(roots[0], name), mode="r")
         except Exception:
+            continue
+        if arr.ndim != image.data.ndim:  # singleton axes dropped on reading: no mapping
             continue
         shape = arr.shape[-len(spatial0):]
         factors = tuple(max(1, round(s0 / s)) for s0, s in zip(spatial0, shape, strict=True))
-        if all(w // f >= 4 for w, f in zip(window, factors, strict=True)):
-            best = (name, factors)
-    return best or ("0", tuple(1 for _ in spatial0))
+        if all(f <= 4 and w // f >= 4 for w, f in zip(window, factors, strict=True)):
+            best = (os.path.abspath(os.path.join(roots[0], name)), factors)
+    return best
 
 
 def _auto_workers(device_type: str, threads: int) -> int:
@@ -620,7 +653,7 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
     ckpt_path, image_path, out = os.fspath(checkpoint), os.fspath(image), Path(os.fspath(out))
     ckpt = load_checkpoint(ckpt_path)
     cfg = ckpt["model"]["config"]
-    img, level0 = _open_input(image_path, ckpt, ckpt_path)
+    img = _open_input(image_path, ckpt, ckpt_path)
     spatial = img.spatial_shape
     _check_spacing(img, ckpt, image_path)
     for key, value in (("block", block), ("halo", halo)):
@@ -648,9 +681,10 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
     dev = select_device(device, key="predict.device")
     threads = threads or os.cpu_count() or 1
     workers = workers or _auto_workers(dev.type, threads)
-    torch_threads = max(1, threads // workers)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    local_cluster = scheduler == "distributed" and not address
+    # Dask threads running torch at once on this machine
+    concurrent = workers * ((processes or 2) if local_cluster else 1)
+    torch_threads = max(1, threads // concurrent)
     batch_size = batch_size or (4 if dev.type == "cuda" else 1)
     mode = (ckpt.get("targets") or {}).get("mode") or "two_class"
     classes = list((ckpt.get("targets") or {}).get("classes")
@@ -670,18 +704,22 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
         skip_level=skip[0] if skip else None, skip_factors=skip[1] if skip else None,
         torch_threads=torch_threads, classes=n_classes, dtype=dtype,
     )
-    # what the stored values depend on; the rest (device, threads, batch) does not
+    # what the stored values depend on; threads, batch size and scheduler change
+    # nothing, the device type and bf16 change the rounding
     fingerprint = {
         "checkpoint_sha256": job.checkpoint_sha, "input": job.image,
-        "input_signature": _input_signature(image_path), "shape": list(level0.shape),
+        "input_signature": _input_signature(image_path), "shape": list(img.data.shape),
         "block": list(job.block), "window": list(job.window), "offset": list(job.offset),
         "tta": job.tta, "skip_empty": job.skip_empty, "dtype": dtype,
+        "device_type": dev.type, "bf16": job.amp,
     }
     partial = Path(job.output)
     grid = [math.ceil(s / b) for s, b in zip(spatial, block_, strict=True)]
     all_blocks = list(itertools.product(*[range(g) for g in grid]))
     done = _resume_state(partial, fingerprint, resume=resume)
-    if done is None:
+    if done == "complete":  # killed while finishing: every block is there
+        done = set(all_blocks)
+    elif done is None:
         _create_output(partial, level0_shape=(n_classes, *spatial), img=img, block=job.block,
                        dtype=dtype, fingerprint=fingerprint, classes=classes, ckpt=ckpt,
                        ckpt_path=job.checkpoint, set_metadata=set_multiscale_metadata,
@@ -699,8 +737,11 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
     counts = [0, 0]
     t_start = time.perf_counter()
     previous_threads = torch.get_num_threads()
+    previous_benchmark = torch.backends.cudnn.benchmark
     if dev.type == "cpu":
         torch.set_num_threads(torch_threads)
+    else:
+        torch.backends.cudnn.benchmark = True  # one window shape: tune once
     try:
         with bar(total=len(all_blocks), initial=len(done), desc="predict", unit="block",
                  disable=not progress) as pbar:
@@ -709,13 +750,15 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
                                         workers=workers, processes=processes, pbar=pbar)
     finally:
         torch.set_num_threads(previous_threads)
+        torch.backends.cudnn.benchmark = previous_benchmark
         _STATE.clear()
     seconds = time.perf_counter() - t_start
-    finished = set(_markers(partial))
-    missing = [b for b in all_blocks if b not in finished]
-    if missing:
-        raise RuntimeError(f"{len(missing)} block(s) of {partial} were not recorded as done, "
-                           f"e.g. {missing[0]}")
+    if len(done) < len(all_blocks):
+        finished = set(_markers(partial))
+        missing = [b for b in all_blocks if b not in finished]
+        if missing:
+            raise RuntimeError(f"{len(missing)} block(s) of {partial} were not recorded as "
+                               f"done, e.g. {missing[0]}")
     _finish(partial)
     replace_path(partial, out)
     result = PredictResult(
@@ -758,8 +801,9 @@ def _markers(partial: Path) -> list[tuple[int, ...]]:
     return out
 
 
-def _resume_state(partial: Path, fingerprint: dict, *, resume: bool) -> set | None:
-    """Blocks already done in a partial output made the same way, or None to start afresh."""
+def _resume_state(partial: Path, fingerprint: dict, *, resume: bool) -> set | str | None:
+    """Blocks already done in a partial output made the same way ("complete" when
+    all were, and the run was killed while finishing), or None to start afresh."""
     import shutil
 
     import zarr
@@ -774,6 +818,10 @@ def _resume_state(partial: Path, fingerprint: dict, *, resume: bool) -> set | No
             attrs = {}
         stored = attrs.get("fingerprint")
         if stored == json.loads(json.dumps(fingerprint)):
+            if attrs.get("complete"):
+                log.info("predict: %s is complete; finishing it", partial)
+                return "complete"
+            (partial / DONE_DIR).mkdir(exist_ok=True)
             done = set(_markers(partial))
             log.info("predict: resuming %s: %d block(s) already done", partial, len(done))
             return done
@@ -807,6 +855,13 @@ def _create_output(partial: Path, *, level0_shape, img, block, dtype, fingerprin
 
 
 def _finish(partial: Path) -> None:
+    """Mark a partial output complete, then drop its block records."""
     import shutil
 
-    shutil.rmtree(partial / DONE_DIR)
+    import zarr
+
+    root = zarr.open_group(str(partial), mode="r+")
+    attrs = dict(root.attrs["unetpipe"])
+    attrs["complete"] = True
+    root.attrs["unetpipe"] = attrs
+    shutil.rmtree(partial / DONE_DIR, ignore_errors=True)
