@@ -292,6 +292,9 @@ def test_killed_snakemake_resumes_prediction_from_the_partial_store(tmp_path):
     done = len(os.listdir(markers))
     assert not out.exists() and done < 320
 
+    # as a user does after Snakemake itself was killed: unlock, rerun incomplete jobs
+    unlock = snakemake(tmp_path, "--unlock")
+    assert unlock.returncode == 0, unlock.stderr
     again = snakemake(tmp_path, "--cores", "1", "--rerun-incomplete")
     assert again.returncode == 0, again.stderr
     log = (tmp_path / "results/logs/predict/predict_000.log").read_text()
