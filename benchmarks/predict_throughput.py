@@ -43,7 +43,7 @@ from unetpipe.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, s
 from unetpipe.config import defaults
 from unetpipe.io import write_ome_zarr
 from unetpipe.model import UNet
-from unetpipe.predict import _auto_workers, block_origins, predict_store, read_window, tiling
+from unetpipe.predict import block_origins, default_workers, predict_store, read_window, tiling
 from unetpipe.train import select_device
 
 
@@ -122,7 +122,7 @@ def main() -> None:
         model = build_model(load_checkpoint(ckpt)).to(device)
         block, window, offset = tiling(model.config, args.size, block=pcfg["block"],
                                        halo=pcfg["halo"])
-        workers = pcfg["workers"] or _auto_workers(device.type, args.threads)
+        workers = pcfg["workers"] or default_workers(args.threads)
         torch_threads = max(1, args.threads // workers)
         batch = pcfg["batch_size"] or (4 if device.type == "cuda" else 1)
         image = np.zeros((1, *args.size), np.float32)

@@ -536,7 +536,7 @@ def _skip_level(path: str, image, window: Sequence[int]):
     return best
 
 
-def _auto_workers(device_type: str, threads: int) -> int:
+def default_workers(threads: int) -> int:
     """Dask threads: two on any device, so one batch is read and written while
     another is in the network; one on a single core."""
     return 1 if threads <= 1 else 2
@@ -686,7 +686,7 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
     block_, window, offset = tiling(cfg, spatial, block=block, halo=halo)
     dev = select_device(device, key="predict.device")
     threads = threads or os.cpu_count() or 1
-    workers = workers or _auto_workers(dev.type, threads)
+    workers = workers or default_workers(threads)
     local_cluster = scheduler == "distributed" and not address
     # Dask threads running torch at once on this machine
     concurrent = workers * ((processes or 2) if local_cluster else 1)
