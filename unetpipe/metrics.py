@@ -9,7 +9,13 @@ ground-truth object match when their IoU exceeds t, and
 
 For t >= 0.5 an object can match at most one other object (two objects each
 overlapping more than half of the union with the same object is impossible),
-so no assignment step is needed.
+so :func:`match` needs no assignment step.
+
+:func:`score` evaluates a segmentation the way the issue's evaluation stage
+reports it: one-to-one matching by optimal assignment at IoU >= t for
+t = 0.50, 0.55, ..., 0.95, precision, recall, F1 and AP per threshold, their
+mean AP, panoptic quality (Kirillov et al. 2019) and the Cell Tracking
+Challenge's SEG; :func:`pool_scores` adds images up.
 """
 
 from __future__ import annotations
@@ -171,3 +177,184 @@ def split_pairs(gt, pred, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
         di, dj = owner(int(i)), owner(int(j))
         out.append(di != 0 and dj != 0 and di != dj)
     return np.array(out, dtype=bool)
+
+
+# --- evaluation: optimal matching over IoU thresholds, PQ, SEG -----------------------
+
+DEFAULT_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+"""IoU thresholds 0.50, 0.55, ..., 0.95 (COCO, Data Science Bowl 2018, StarDist)."""
+
+
+def _assign(gi, pi, iou, threshold: float) -> np.ndarray:
+    """Indices of the pairs in a one-to-one matching with IoU >= threshold that
+    maximises the number of matches, then their summed IoU."""
+    from scipy.optimize import linear_sum_assignment
+
+    keep = np.flatnonzero(iou >= threshold)
+    if keep.size == 0:
+        return keep
+    g_ids, g_row = np.unique(gi[keep], return_inverse=True)
+    p_ids, p_col = np.unique(pi[keep], return_inverse=True)
+    if g_ids.size == keep.size and p_ids.size == keep.size:
+        return keep  # no object in two candidate pairs: nothing to choose
+    # a match is worth more than any sum of IoUs (at most one per match), so
+    # the assignment first maximises the count, then the IoU among equal counts
+    worth = min(g_ids.size, p_ids.size) + 1.0
+    gain = np.zeros((g_ids.size, p_ids.size))
+    gain[g_row, p_col] = worth + iou[keep]
+    index = -np.ones((g_ids.size, p_ids.size), dtype=np.int64)
+    index[g_row, p_col] = keep
+    rows, cols = linear_sum_assignment(gain, maximize=True)
+    chosen = index[rows, cols]
+    return chosen[chosen >= 0]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores of one image, or pooled over images (:func:`pool_scores`).
+
+    Counts are kept (not ratios), so pooling over images adds them up.
+    """
+
+    thresholds: tuple[float, ...]
+    tp: tuple[int, ...]
+    n_true: int
+    n_pred: int
+    iou_sum: float  # summed IoU of the matches at thresholds[0]
+    seg_sum: float  # summed SEG Jaccard indices of the true objects
+    images: int = 1
+
+    def _at(self, threshold: float) -> int:
+        try:
+            return self.tp[self.thresholds.index(round(float(threshold), 10))]
+        except ValueError:
+            raise ValueError(f"no scores at IoU {threshold}; have {self.thresholds}") from None
+
+    def counts(self, threshold: float = 0.5) -> tuple[int, int, int]:
+        """TP, FP, FN at an IoU threshold."""
+        tp = self._at(threshold)
+        return tp, self.n_pred - tp, self.n_true - tp
+
+    def precision(self, threshold: float = 0.5) -> float:
+        """TP / (TP + FP); with no prediction, 1 if there was nothing to find, else 0."""
+        tp, fp, fn = self.counts(threshold)
+        return (1.0 if fn == 0 else 0.0) if tp + fp == 0 else tp / (tp + fp)
+
+    def recall(self, threshold: float = 0.5) -> float:
+        """TP / (TP + FN); with nothing to find, 1 if nothing was found, else 0."""
+        tp, fp, fn = self.counts(threshold)
+        return (1.0 if fp == 0 else 0.0) if tp + fn == 0 else tp / (tp + fn)
+
+    def f1(self, threshold: float = 0.5) -> float:
+        tp, fp, fn = self.counts(threshold)
+        return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+    def ap(self, threshold: float = 0.5) -> float:
+        """TP / (TP + FP + FN): 1 when there is nothing to find and nothing found."""
+        tp, fp, fn = self.counts(threshold)
+        return 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
+
+    @property
+    def mean_ap(self) -> float:
+        """AP averaged over the thresholds."""
+        return float(np.mean([self.ap(t) for t in self.thresholds]))
+
+    @property
+    def mean_matched_iou(self) -> float:
+        """Mean IoU of the matches at the first threshold (0 without matches)."""
+        tp = self.tp[0]
+        return self.iou_sum / tp if tp else 0.0
+
+    @property
+    def panoptic_quality(self) -> float:
+        """PQ = (sum of matched IoUs) / (TP + FP/2 + FN/2) at the first threshold."""
+        tp, fp, fn = self.counts(self.thresholds[0])
+        denominator = tp + 0.5 * fp + 0.5 * fn
+        return 1.0 if denominator == 0 else self.iou_sum / denominator
+
+    @property
+    def seg(self) -> float:
+        """Cell Tracking Challenge SEG: mean Jaccard index over the true objects
+        (NaN when there are none)."""
+        return self.seg_sum / self.n_true if self.n_true else float("nan")
+
+    def to_dict(self) -> dict:
+        """Plain values for JSON: counts and scores per threshold, and the summaries."""
+        per = []
+        for t in self.thresholds:
+            tp, fp, fn = self.counts(t)
+            per.append({"iou_threshold": t, "tp": tp, "fp": fp, "fn": fn,
+                        "precision": self.precision(t), "recall": self.recall(t),
+                        "f1": self.f1(t), "ap": self.ap(t)})
+        return {"images": self.images, "n_true": self.n_true, "n_pred": self.n_pred,
+                "per_threshold": per, "mean_ap": self.mean_ap,
+                "panoptic_quality": self.panoptic_quality,
+                "mean_matched_iou": self.mean_matched_iou,
+                "seg": None if not self.n_true else self.seg}
+
+
+def score(gt, pred, *, thresholds: Iterable[float] = DEFAULT_THRESHOLDS) -> Scores:
+    """Score predicted instances against ground truth.
+
+    At each IoU threshold t, predicted and true objects are matched one to
+    one by optimal assignment (most matches, then the largest summed IoU),
+    a match needing IoU >= t. SEG pairs each true object R with the
+    predicted object covering more than half of it (at most one can) and
+    averages their Jaccard index over the true objects, 0 for an unpaired R
+    (Maska et al. 2014, the Cell Tracking Challenge's SEG).
+
+    Parameters
+    ----------
+    gt, pred : ndarray of int, same shape
+        Instance labels, 0 = background; ids need not be consecutive.
+    thresholds : iterable of float
+        IoU thresholds, in (0, 1]; panoptic quality and the mean matched
+        IoU use the first (0.5 by default, where PQ's matches are unique).
+
+    Returns
+    -------
+    Scores
+
+    Examples
+    --------
+    >>> gt = np.array([[1, 1, 1, 1, 0, 2, 2]])
+    >>> pred = np.array([[5, 5, 5, 0, 0, 0, 0]])
+    >>> s = score(gt, pred)
+    >>> s.counts(0.5), s.counts(0.8), s.seg
+    ((1, 0, 1), (0, 1, 2), 0.375)
+    """
+    thresholds = tuple(round(float(t), 10) for t in thresholds)
+    if not thresholds or any(not 0 < t <= 1 for t in thresholds):
+        raise ValueError(f"IoU thresholds must be in (0, 1], got {thresholds}")
+    gt = np.asarray(gt)
+    pred = np.asarray(pred)
+    gi, pi, inter, iou = overlap_table(gt, pred)
+    n_true = int(np.unique(gt[gt > 0]).size)
+    n_pred = int(np.unique(pred[pred > 0]).size)
+    tps, iou_sum = [], 0.0
+    for k, t in enumerate(thresholds):
+        chosen = _assign(gi, pi, iou, t)
+        tps.append(int(chosen.size))
+        if k == 0:
+            iou_sum = float(iou[chosen].sum())
+    g_area = np.bincount(gt.ravel().astype(np.int64)) if gt.size else np.zeros(1, np.int64)
+    covers = 2 * inter > g_area[gi]  # the predicted object covers more than half of R
+    seg_sum = float(iou[covers].sum())
+    return Scores(thresholds=thresholds, tp=tuple(tps), n_true=n_true, n_pred=n_pred,
+                  iou_sum=iou_sum, seg_sum=seg_sum)
+
+
+def pool_scores(scores: Iterable[Scores]) -> Scores:
+    """Scores over several images: their counts and sums added up."""
+    scores = list(scores)
+    if not scores:
+        raise ValueError("no scores to pool")
+    thresholds = scores[0].thresholds
+    if any(s.thresholds != thresholds for s in scores):
+        raise ValueError("scores at different IoU thresholds cannot be pooled")
+    return Scores(thresholds=thresholds,
+                  tp=tuple(int(v) for v in np.sum([s.tp for s in scores], axis=0)),
+                  n_true=sum(s.n_true for s in scores), n_pred=sum(s.n_pred for s in scores),
+                  iou_sum=sum(s.iou_sum for s in scores),
+                  seg_sum=sum(s.seg_sum for s in scores),
+                  images=sum(s.images for s in scores))
