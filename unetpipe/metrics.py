@@ -62,6 +62,12 @@ def overlap_table(gt, pred) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return gi, pi, inter.astype(np.int64), inter / union
 
 
+def _pairs_and_counts(gt: np.ndarray, pred: np.ndarray):
+    """:func:`overlap_table`, and the numbers of true and predicted objects."""
+    table = overlap_table(gt, pred)
+    return table, int(np.unique(gt[gt > 0]).size), int(np.unique(pred[pred > 0]).size)
+
+
 @dataclass(frozen=True)
 class Matching:
     """Counts of a matching at one IoU threshold."""
@@ -121,9 +127,7 @@ def match(gt, pred, *, threshold: float = 0.5) -> Matching:
         raise ValueError(f"threshold must be in [0.5, 1), got {threshold}")
     gt = np.asarray(gt)
     pred = np.asarray(pred)
-    _gi, _pi, _, iou = overlap_table(gt, pred)
-    n_true = int(np.unique(gt[gt > 0]).size)
-    n_pred = int(np.unique(pred[pred > 0]).size)
+    (_gi, _pi, _, iou), n_true, n_pred = _pairs_and_counts(gt, pred)
     hit = iou > threshold
     tp = int(hit.sum())
     return Matching(threshold=float(threshold), tp=tp, fp=n_pred - tp, fn=n_true - tp,
@@ -328,9 +332,7 @@ def score(gt, pred, *, thresholds: Iterable[float] = DEFAULT_THRESHOLDS) -> Scor
         raise ValueError(f"IoU thresholds must be in (0, 1], got {thresholds}")
     gt = np.asarray(gt)
     pred = np.asarray(pred)
-    gi, pi, inter, iou = overlap_table(gt, pred)
-    n_true = int(np.unique(gt[gt > 0]).size)
-    n_pred = int(np.unique(pred[pred > 0]).size)
+    (gi, pi, inter, iou), n_true, n_pred = _pairs_and_counts(gt, pred)
     tps, iou_sum = [], 0.0
     for k, t in enumerate(thresholds):
         chosen = _assign(gi, pi, iou, t)
