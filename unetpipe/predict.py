@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -31,6 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .resume import (
+    DONE_DIR,
+    finish,
+    input_signature,
+    mark_done,
+    markers,
+    partial_path,
+    resume_state,
+)
 
 log = logging.getLogger("unetpipe")
 
@@ -267,7 +275,6 @@ def _clip(origin, block, spatial):
 
 # --- chunked prediction of a store ---------------------------------------------------
 
-DONE_DIR = "_unetpipe_done"
 """Folder inside a partial output store with one marker file per finished block."""
 
 
@@ -445,8 +452,7 @@ def _run_blocks(job: _Job, indices: Sequence[tuple[int, ...]]) -> tuple[int, int
         target[(slice(None), *region)] = p
         # the marker follows the chunk: a block without one is computed again (a
         # task retried by dask.distributed may find its marker there already)
-        os.close(os.open(os.path.join(done_dir, ".".join(map(str, index))),
-                         os.O_CREAT | os.O_WRONLY, 0o644))
+        mark_done(done_dir, index)
     n_empty = sum(empty)
     _release_free_memory()
     return len(origins) - n_empty, n_empty
@@ -458,28 +464,6 @@ def _sha256(path: str) -> str:
         for piece in iter(lambda: f.read(1 << 20), b""):
             h.update(piece)
     return h.hexdigest()
-
-
-def _input_signature(path: str) -> dict:
-    """What identifies the input's content: the stat of its metadata files (a
-    rewritten store or file is new), or of the file itself."""
-    if os.path.isfile(path):
-        st = os.stat(path)
-        return {"mtime_ns": st.st_mtime_ns, "size": st.st_size}
-    found = {}
-    for folder in (path, os.path.join(path, "0")):
-        for name in ("zarr.json", ".zarray", ".zattrs", ".zgroup"):
-            meta = os.path.join(folder, name)
-            if os.path.exists(meta):
-                st = os.stat(meta)
-                found[os.path.relpath(meta, path)] = [st.st_mtime_ns, st.st_size]
-    return found
-
-
-def partial_path(out: str | os.PathLike) -> Path:
-    """Where :func:`predict_store` builds its output until every block is done."""
-    out = Path(os.fspath(out))
-    return out.with_name(f".{out.name}.partial")
 
 
 def _open_input(path: str, checkpoint: dict, ckpt_path: str):
@@ -714,7 +698,7 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
     # nothing, the device type and bf16 change the rounding
     fingerprint = {
         "checkpoint_sha256": job.checkpoint_sha, "input": job.image,
-        "input_signature": _input_signature(image_path), "shape": list(img.data.shape),
+        "input_signature": input_signature(image_path), "shape": list(img.data.shape),
         "block": list(job.block), "window": list(job.window), "offset": list(job.offset),
         "tta": job.tta, "skip_empty": job.skip_empty, "dtype": dtype,
         "device_type": dev.type, "bf16": job.amp,
@@ -722,7 +706,7 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
     partial = Path(job.output)
     grid = [math.ceil(s / b) for s, b in zip(spatial, block_, strict=True)]
     all_blocks = list(itertools.product(*[range(g) for g in grid]))
-    done = _resume_state(partial, fingerprint, resume=resume)
+    done = resume_state(partial, fingerprint, resume=resume, stage="predict")
     if done == "complete":  # killed while finishing: every block is there
         done = set(all_blocks)
     elif done is None:
@@ -760,12 +744,12 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
         _STATE.clear()
     seconds = time.perf_counter() - t_start
     if len(done) < len(all_blocks):
-        finished = set(_markers(partial))
+        finished = set(markers(partial / DONE_DIR))
         missing = [b for b in all_blocks if b not in finished]
         if missing:
             raise RuntimeError(f"{len(missing)} block(s) of {partial} were not recorded as "
                                f"done, e.g. {missing[0]}")
-    _finish(partial)
+    finish(partial)
     replace_path(partial, out)
     result = PredictResult(
         output=os.fspath(out), shape=tuple(spatial), classes=classes, block=tuple(block_),
@@ -794,51 +778,6 @@ def _check_spacing(img, ckpt: dict, path: str) -> None:
                     list(img.spacing), list(trained))
 
 
-def _markers(partial: Path) -> list[tuple[int, ...]]:
-    folder = partial / DONE_DIR
-    if not folder.is_dir():
-        return []
-    out = []
-    for name in os.listdir(folder):
-        try:
-            out.append(tuple(int(v) for v in name.split(".")))
-        except ValueError:
-            continue
-    return out
-
-
-def _resume_state(partial: Path, fingerprint: dict, *, resume: bool) -> set | str | None:
-    """Blocks already done in a partial output made the same way ("complete" when
-    all were, and the run was killed while finishing), or None to start afresh."""
-    import shutil
-
-    import zarr
-
-    if not partial.exists():
-        return None
-    reason = "resume is off"
-    if resume:
-        try:
-            attrs = dict(zarr.open_group(str(partial), mode="r").attrs.get("unetpipe", {}))
-        except Exception:
-            attrs = {}
-        stored = attrs.get("fingerprint")
-        if stored == json.loads(json.dumps(fingerprint)):
-            if attrs.get("complete"):
-                log.info("predict: %s is complete; finishing it", partial)
-                return "complete"
-            (partial / DONE_DIR).mkdir(exist_ok=True)
-            done = set(_markers(partial))
-            log.info("predict: resuming %s: %d block(s) already done", partial, len(done))
-            return done
-        changed = sorted(k for k in fingerprint if (stored or {}).get(k) != fingerprint[k])
-        reason = f"it was made with other {', '.join(changed) or 'settings'}"
-    log.info("predict: starting afresh: the partial output %s is not used (%s)", partial,
-             reason)
-    shutil.rmtree(partial)
-    return None
-
-
 def _create_output(partial: Path, *, level0_shape, img, block, dtype, fingerprint, classes,
                    ckpt, ckpt_path, set_metadata, settings) -> None:
     import zarr
@@ -858,16 +797,3 @@ def _create_output(partial: Path, *, level0_shape, img, block, dtype, fingerprin
         **settings,
     }
     (partial / DONE_DIR).mkdir()
-
-
-def _finish(partial: Path) -> None:
-    """Mark a partial output complete, then drop its block records."""
-    import shutil
-
-    import zarr
-
-    root = zarr.open_group(str(partial), mode="r+")
-    attrs = dict(root.attrs["unetpipe"])
-    attrs["complete"] = True
-    root.attrs["unetpipe"] = attrs
-    shutil.rmtree(partial / DONE_DIR, ignore_errors=True)
