@@ -250,3 +250,138 @@ def test_assignment_prefers_more_matches_to_a_larger_iou_sum():
     chosen = _assign(gi, pi, iou, 0.01)
     assert sorted(chosen.tolist()) == [0, 2, 4]
     assert sorted(_assign(gi, pi, iou, 0.5).tolist()) == [1, 3]
+
+
+# --- the overlap table: score_overlaps, overlap_counts, Scores to and from dicts ---------
+
+
+def brute_force_table(gt, pred):
+    """Pair intersections and object sizes, one boolean mask at a time."""
+    pairs = {}
+    for g in (int(i) for i in np.unique(gt) if i):
+        for p in (int(j) for j in np.unique(pred) if j):
+            n = int(((gt == g) & (pred == p)).sum())
+            if n:
+                pairs[g, p] = n
+    sizes = [{int(i): int((a == i).sum()) for i in np.unique(a) if i} for a in (gt, pred)]
+    return pairs, *sizes
+
+
+def as_dicts(overlaps):
+    gi, pi, inter, (g_ids, g_n), (p_ids, p_n) = overlaps
+    pairs = {(int(g), int(p)): int(n) for g, p, n in zip(gi, pi, inter, strict=True)}
+    return (pairs, dict(zip(g_ids.tolist(), g_n.tolist(), strict=True)),
+            dict(zip(p_ids.tolist(), p_n.tolist(), strict=True)))
+
+
+@pytest.mark.parametrize("ids", [(9, 7), (120, 90)])  # pairs counted by bincount / by sort
+@pytest.mark.parametrize("chunks", [(5, 7), (13, 4), (30, 30), (1, 30)])
+def test_overlap_counts_chunk_by_chunk_against_brute_force(chunks, ids):
+    import dask.array as da
+
+    from unetpipe.metrics import overlap_counts
+
+    rng = np.random.default_rng(sum(chunks))
+    gt = rng.integers(0, ids[0], (30, 30)) * (rng.random((30, 30)) < 0.8)
+    pred = rng.integers(0, ids[1], (30, 30)) * 11
+    out = overlap_counts(da.from_array(gt, chunks=chunks), da.from_array(pred, chunks=(8, 8)),
+                         split_every=3)
+    assert as_dicts(out) == brute_force_table(gt, pred)
+    # sorted by ground-truth id, then predicted id, without background
+    assert np.all(np.diff(out.gt_ids.astype(float) * 1000 + out.pred_ids) > 0)
+    assert out.gt_ids.dtype == out.gt_sizes[0].dtype == np.uint64
+
+
+def test_overlap_counts_takes_uint64_ids_beyond_int64_and_checks_shapes():
+    import dask.array as da
+
+    from unetpipe.metrics import overlap_counts
+
+    gt = np.array([[1, 1, 0, 2]], np.uint64) * np.uint64(2**62)
+    pred = np.array([[0, 3, 3, 3]], np.uint64) + np.uint64(2**64 - 4)
+    pred[0, 0] = 0
+    out = overlap_counts(da.from_array(gt, chunks=(1, 3)), pred)
+    assert as_dicts(out) == ({(2**62, 2**64 - 1): 1, (2**63, 2**64 - 1): 1},
+                             {2**62: 2, 2**63: 1}, {2**64 - 1: 3})
+    with pytest.raises(ValueError, match=r"\(2, 3\) vs \(3, 2\)"):
+        overlap_counts(np.zeros((2, 3), int), np.zeros((3, 2), int))
+    with pytest.raises(ValueError, match="negative"):
+        overlap_counts(np.array([[-1, 1]]), np.array([[1, 1]]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_score_on_dask_arrays_equals_score_on_numpy(seed):
+    import dask.array as da
+    from skimage.measure import label
+
+    rng = np.random.default_rng(seed)
+    shape = (6, 20, 24) if seed % 2 else (37, 41)
+    gt = label(rng.random(shape) > 0.55)
+    pred = label(np.where(rng.random(shape) < 0.1, 0, gt) > 0) * 5
+    expected = score(gt, pred)
+    chunks = tuple(int(c) for c in rng.integers(2, 12, len(shape)))
+    got = score(da.from_array(gt, chunks=chunks), da.from_array(pred, chunks=chunks[::-1]))
+    assert got == expected  # exactly: the same pairs, summed in the same order
+    assert score(da.from_array(gt, chunks=chunks), pred) == expected
+
+
+def test_score_overlaps_takes_a_mapping_or_arrays_and_counts_lonely_objects():
+    from unetpipe.metrics import score_overlaps
+
+    gt = np.array([[1, 1, 1, 1, 0, 2, 2, 0, 0]])
+    pred = np.array([[5, 5, 5, 0, 0, 0, 0, 8, 8]])
+    expected = score(gt, pred)
+    # gt 2 and pred 8 overlap nothing: they are only in the sizes
+    by_map = score_overlaps([1], [5], [3], {1: 4, 2: 2}, {5: 3, 8: 2})
+    by_arrays = score_overlaps(np.array([1]), np.array([5]), np.array([3]),
+                               (np.array([2, 1]), np.array([2, 4])), ([5, 8], [3, 2]))
+    assert by_map == by_arrays == expected
+    assert expected.counts(0.5) == (1, 1, 1)
+    # repeated pairs and ids add up (tables of two halves of an image); 0 is background
+    halves = score_overlaps([1, 1, 0], [5, 5, 5], [2, 1, 9], ([1, 2, 1, 0], [3, 2, 1, 50]),
+                            ([5, 8, 5], [1, 2, 2]))
+    assert halves == expected
+    with pytest.raises(ValueError, match="no size"):
+        score_overlaps([1], [5], [3], {2: 2}, {5: 3})
+    with pytest.raises(ValueError, match="larger"):
+        score_overlaps([1], [5], [4], {1: 4}, {5: 3})
+    with pytest.raises(ValueError, match="length"):
+        score_overlaps([1, 2], [5], [3], {1: 4}, {5: 3})
+    with pytest.raises(ValueError, match="negative"):
+        score_overlaps([-1], [5], [3], {1: 4}, {5: 3})
+    with pytest.raises(ValueError, match="thresholds"):
+        score_overlaps([], [], [], {}, {}, thresholds=[1.5])
+    nothing = score_overlaps([], [], [], {}, {})
+    assert nothing == score(np.zeros((2, 2), int), np.zeros((2, 2), int))
+
+
+def test_scores_round_trip_through_json_and_pool_from_dicts():
+    import json
+
+    from unetpipe.metrics import Scores
+
+    rng = np.random.default_rng(5)
+    scores = []
+    for _ in range(3):
+        gt = rng.integers(0, 6, (9, 9))
+        scores.append(score(gt, np.where(rng.random(gt.shape) < 0.2, 0, gt)))
+    scores.append(score(np.zeros((3, 3), int), np.ones((3, 3), int)))  # SEG undefined
+    for s in [*scores, pool_scores(scores)]:
+        d = json.loads(json.dumps(s.to_dict(), allow_nan=False))
+        assert d["thresholds"] == list(DEFAULT_THRESHOLDS)
+        assert d["iou_sum"] == s.iou_sum and d["seg_sum"] == s.seg_sum
+        assert Scores.from_dict(d) == s
+    dicts = [json.loads(json.dumps(s.to_dict())) for s in scores]
+    pooled = pool_scores(Scores.from_dict(d) for d in dicts)
+    assert pooled == pool_scores(scores) and pooled.images == 4
+    assert pooled.to_dict() == pool_scores(scores).to_dict()
+    custom = score(np.ones((2, 2), int), np.ones((2, 2), int), thresholds=[0.3, 0.9])
+    assert Scores.from_dict(custom.to_dict()) == custom
+    broken = scores[0].to_dict()
+    del broken["iou_sum"]
+    with pytest.raises(ValueError, match="iou_sum"):
+        Scores.from_dict(broken)
+    broken = scores[0].to_dict()
+    broken["per_threshold"][3]["fp"] += 1
+    with pytest.raises(ValueError, match="contradict"):
+        Scores.from_dict(broken)
