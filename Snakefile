@@ -10,10 +10,13 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 localrules:
     all,
+    summarize,
 
 
 rule all:

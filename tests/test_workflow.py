@@ -1,5 +1,6 @@
 """The Snakemake workflow, run for real on a tiny demo in a temporary folder."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -7,13 +8,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 import zarr
 
 from unetpipe.checkpoint import build_model, load_checkpoint
 from unetpipe.io import read_image, read_labels, write_tiff
+from unetpipe.metrics import score
 from unetpipe.predict import predict_array
+from unetpipe.segment import segment_array
 from unetpipe.weights import separation_weight_map, targets_for_mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +71,8 @@ def test_dry_run_plans_demo_preprocess_targets_training_and_prediction(tmp_path)
     assert proc.returncode == 0, proc.stderr
     # targets for the two training images only; one training job; one image to predict
     assert job_table(proc.stdout) == {"demo_data": 1, "preprocess": 4, "targets": 2, "train": 1,
-                                      "predict": 1, "all": 1, "total": 10}
+                                      "predict": 1, "segment": 1, "evaluate": 1,
+                                      "summarize": 1, "all": 1, "total": 13}
 
 
 def test_a_given_checkpoint_predicts_without_training(tmp_path):
@@ -75,8 +80,9 @@ def test_a_given_checkpoint_predicts_without_training(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--config", "predict={checkpoint: mine.pt}",
                      config=TINY)
     assert proc.returncode == 0, proc.stderr
-    assert job_table(proc.stdout) == {"demo_data": 1, "preprocess": 4, "predict": 1, "all": 1,
-                                      "total": 7}
+    assert job_table(proc.stdout) == {"demo_data": 1, "preprocess": 4, "predict": 1,
+                                      "segment": 1, "evaluate": 1, "summarize": 1, "all": 1,
+                                      "total": 10}
     assert "mine.pt" in proc.stdout
 
 
@@ -135,6 +141,24 @@ def test_real_run_then_nothing_to_do(tmp_path):
     assert "computed" in (res / "logs/predict/predict_000.log").read_text()
     assert (res / "benchmarks/predict/predict_000.tsv").read_text().startswith("s\t")
     assert not [p for p in (res / "probabilities").iterdir() if p.name.startswith(".")]
+    # segmentation: the default method on those probabilities, a row per object
+    labels = read_labels(res / "labels/predict_000.ome.zarr")
+    assert labels.axes == "yx" and labels.data.dtype == np.uint32
+    segmented = labels.data.compute()
+    whole = segment_array(probs.data.compute())
+    np.testing.assert_array_equal(segmented == 0, whole == 0)
+    assert segmented.max() == whole.max() == np.unique(segmented[segmented > 0]).size
+    table = pd.read_csv(res / "tables/predict_000.csv")
+    assert list(table["label"]) == list(range(1, segmented.max() + 1))
+    np.testing.assert_allclose(table["area"], np.bincount(segmented.ravel())[1:])
+    assert "objects" in (res / "logs/segment/predict_000.log").read_text()
+    # evaluation against the demo's ground truth
+    truth = read_labels(res / "preprocessed/predict_000.ome.zarr/labels/gt").data.compute()
+    saved = json.loads((res / "metrics/predict_000.json").read_text())
+    assert saved["sample"] == "predict_000"
+    assert saved["scores"]["mean_ap"] == pytest.approx(score(truth, segmented).mean_ap)
+    summary = pd.read_csv(res / "metrics/summary.csv")
+    assert list(summary["sample"]) == ["predict_000", "pooled"]
 
     again = snakemake(tmp_path, "--cores", "2")
     assert again.returncode == 0, again.stderr
@@ -149,7 +173,8 @@ def test_real_run_then_nothing_to_do(tmp_path):
     plan = snakemake(tmp_path, "-n", "--cores", "2")
     assert plan.returncode == 0, plan.stderr
     assert job_table(plan.stdout) == {"preprocess": 1, "targets": 1, "train": 1, "predict": 1,
-                                      "all": 1, "total": 5}
+                                      "segment": 1, "evaluate": 1, "summarize": 1, "all": 1,
+                                      "total": 8}
     assert "results/targets/curated-fix1.zarr" in plan.stdout
 
 
@@ -218,6 +243,12 @@ def test_3d_demo_config_runs_with_anisotropic_spacing(tmp_path):
     probs = read_image(tmp_path / "results-3d/probabilities/predict_000.ome.zarr")
     assert probs.axes == "czyx" and probs.data.shape == (3, 12, 64, 96)
     assert probs.spacing == (1.0, 0.5, 0.5)
+    labels = read_labels(tmp_path / "results-3d/labels/predict_000.ome.zarr")
+    assert labels.axes == "zyx" and labels.data.shape == (12, 64, 96)
+    assert labels.spacing == (1.0, 0.5, 0.5) and labels.unit == "micrometer"
+    table = pd.read_csv(tmp_path / "results-3d/tables/predict_000.csv")
+    assert "volume" in table and len(table) == int(labels.data.max().compute())
+    assert (tmp_path / "results-3d/metrics/summary.csv").exists()
 
 
 def test_empty_glob_names_the_key(tmp_path):

@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from . import __version__
@@ -47,6 +48,11 @@ PREDICT_KEYS = (
     "predict.block", "predict.halo", "predict.batch_size", "predict.device", "predict.bf16",
     "predict.tta", "predict.skip_empty", "predict.dtype", "predict.workers",
     "predict.scheduler", "predict.address", "predict.processes", "predict.resume",
+)
+SEGMENT_KEYS = (
+    "segment.method", "segment.threshold", "segment.foreground", "segment.grow",
+    "segment.seeds", "segment.h", "segment.min_size", "segment.max_size", "segment.fill_holes",
+    "segment.block", "segment.halo", "segment.resume",
 )
 SYNTH_KEYS = (
     "demo.dir", "demo.ndim", "demo.seed", "demo.n_train", "demo.n_val", "demo.n_predict",
@@ -154,6 +160,65 @@ def cmd_predict(args: argparse.Namespace) -> None:
              "%d done before) on %s, %.3g voxels/s", result.output, ", ".join(result.classes),
              result.blocks, "x".join(map(str, result.block)), result.computed, result.skipped,
              result.resumed, result.device, result.voxels_per_second)
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from .segment import SegmentParams, segment_store
+
+    cfg = config_from_args(args)["segment"]
+    params = SegmentParams(method=cfg["method"], threshold=cfg["threshold"],
+                           foreground=cfg["foreground"], grow=cfg["grow"], seeds=cfg["seeds"],
+                           h=cfg["h"], min_size=cfg["min_size"], max_size=cfg["max_size"],
+                           fill_holes=cfg["fill_holes"])
+    result = segment_store(args.probabilities, args.output, params=params, block=cfg["block"],
+                           halo=cfg["halo"], threads=args.threads, resume=cfg["resume"],
+                           progress=not args.quiet)
+    if args.table:
+        from .measure import measure_store, write_table
+
+        t0 = time.perf_counter()
+        table = measure_store(args.output, image_path=args.image,
+                              probabilities_path=args.probabilities, threads=args.threads,
+                              progress=not args.quiet)
+        write_table(table, args.table)
+        log.info("measure: %s -> %s: %d objects, %d columns, %.1f s", args.output, args.table,
+                 len(table), len(table.columns), time.perf_counter() - t0)
+    log.info("segment: %s: %d objects (%s) in %.1f s", result.output, result.objects,
+             result.dtype, result.seconds)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_store, write_metrics
+
+    truth = args.truth
+    gt = os.path.join(truth, "labels", "gt")
+    if os.path.isdir(gt):  # a preprocessed store: its ground truth
+        truth = gt
+    scores = evaluate_store(args.labels, truth, threads=args.threads)
+    write_metrics(args.output, scores, sample=args.sample or _stem(args.labels),
+                  extra={"labels": os.path.abspath(args.labels), "truth": os.path.abspath(truth)})
+    tp, fp, fn = scores.counts(0.5)
+    log.info("evaluate: %s vs %s: %d true, %d predicted objects; at IoU 0.5 TP %d FP %d FN %d, "
+             "AP %.3f, F1 %.3f; mean AP %.3f, PQ %.3f, SEG %.3f -> %s", args.labels, truth,
+             scores.n_true, scores.n_pred, tp, fp, fn, scores.ap(0.5), scores.f1(0.5),
+             scores.mean_ap, scores.panoptic_quality, scores.seg, args.output)
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    from .evaluate import summarize
+
+    table = summarize(args.metrics, args.output)
+    pooled = table.iloc[-1]
+    log.info("summarize: %d sample(s) -> %s; pooled AP at IoU 0.5 %.3f, mean AP %.3f",
+             len(table) - 1, args.output, pooled["ap_0.50"], pooled["mean_ap"])
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(os.path.normpath(path))
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -275,6 +340,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     add_config_options(p, PREDICT_KEYS)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("segment", help="Instance labels from class probabilities, block by "
+                                       "block, stitched; and a table of the objects.",
+                       description="Turn the class probabilities of a store into instance "
+                                   "labels: connected components of the cell (interior) class "
+                                   "grown back over the separation ring, or a watershed from "
+                                   "seeds; then the size range and hole filling. Each block is "
+                                   "segmented with a halo, objects are merged across block "
+                                   "faces, edges and corners by what the blocks see in common, "
+                                   "and the labels are written with consecutive ids (uint32, or "
+                                   "uint64 when needed). Memory depends on the block, not on "
+                                   "the image; a killed run resumes. With --table, a CSV of "
+                                   "per-object measurements is written as well.")
+    p.add_argument("probabilities", help="Probability store, e.g. "
+                                         "results/probabilities/NAME.ome.zarr.")
+    p.add_argument("output", help="Output label store, e.g. results/labels/NAME.ome.zarr.")
+    p.add_argument("--table", metavar="CSV",
+                   help="Also write per-object measurements, e.g. results/tables/NAME.csv.")
+    p.add_argument("--image", metavar="STORE",
+                   help="Preprocessed store, for the table's intensities.")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="Worker threads (default: one per core).")
+    _add_common(p)
+    add_config_options(p, SEGMENT_KEYS)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="Score instance labels against ground truth.",
+                       description="Match predicted and true objects one to one by IoU "
+                                   "(optimal assignment, IoU >= t for t = 0.50, 0.55, ..., "
+                                   "0.95) and write TP, FP, FN, precision, recall, F1, AP, "
+                                   "mean AP, panoptic quality, mean matched IoU and the Cell "
+                                   "Tracking Challenge's SEG as JSON. Chunk by chunk.")
+    p.add_argument("labels", help="Predicted labels, e.g. results/labels/NAME.ome.zarr.")
+    p.add_argument("truth", help="Ground-truth labels, or a preprocessed store with "
+                                 "labels/gt.")
+    p.add_argument("output", help="Output JSON, e.g. results/metrics/NAME.json.")
+    p.add_argument("--sample", metavar="NAME", help="Sample name (default: from LABELS).")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="Worker threads (default: one per core).")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("summarize", help="Table of the evaluation of every sample, pooled.",
+                       description="Collect per-sample metrics JSON files (from unetpipe "
+                                   "evaluate) into a CSV with one row per sample and a final "
+                                   "row 'pooled' (counts added over the samples).")
+    p.add_argument("output", help="Output CSV, e.g. results/metrics/summary.csv.")
+    p.add_argument("metrics", nargs="+", help="Metrics JSON files.")
+    p.set_defaults(func=cmd_summarize)
 
     p = sub.add_parser("config", help="Validate a config file and print it with defaults.",
                        description="Validate a config file against the schema and print the "

@@ -18,6 +18,7 @@ sys.path.insert(0, workflow.basedir)
 from unetpipe.cli import (  # noqa: E402
     PREDICT_KEYS,
     PREPROCESS_KEYS,
+    SEGMENT_KEYS,
     SYNTH_KEYS,
     TARGETS_KEYS,
     TRAIN_KEYS,
@@ -99,10 +100,33 @@ def predict_runtime():
     return 4 * 60
 
 
+def labels_store(name):
+    return f"{RESULTS}/labels/{name}.ome.zarr"
+
+
+def table(name):
+    return f"{RESULTS}/tables/{name}.csv"
+
+
+def metrics(name):
+    return f"{RESULTS}/metrics/{name}.json"
+
+
+SUMMARY = f"{RESULTS}/metrics/summary.csv"
+
+
+def evaluate_names():
+    """Samples to segment that have ground truth."""
+    return [name for name in predict_names() if SAMPLES[name].labels]
+
+
 def all_outputs():
     outputs = [preprocessed(name) for name in SAMPLES]
     if train_names() and not config["predict"]["checkpoint"]:
         outputs.append(MODEL)
     if train_names() or config["predict"]["checkpoint"]:
-        outputs += [probabilities(name) for name in predict_names()]
+        outputs += [labels_store(name) for name in predict_names()]
+        outputs += [table(name) for name in predict_names()]
+        if evaluate_names():
+            outputs.append(SUMMARY)
     return outputs
