@@ -89,43 +89,44 @@ def map_2d(size: int) -> Path:
 def part_a(rounds: int) -> None:
     import zarr
 
-    from unetpipe.segment import SegmentParams, segment_array, segment_store
+    from unetpipe.segment import SegmentParams, default_halo, segment_array, segment_store
 
     src = map_2d(4096)
     out = CACHE / "labels_a"
-    params = SegmentParams()
+    for params in (SegmentParams(), SegmentParams(method="components")):
 
-    def whole():
-        t = time.perf_counter()
-        p = zarr.open_array(str(src / "0"))[:]
-        labels = segment_array(p, params=params)
-        del p
+        def whole(params=params):
+            t = time.perf_counter()
+            p = zarr.open_array(str(src / "0"))[:]
+            labels = segment_array(p, params=params)
+            del p
+            shutil.rmtree(out, ignore_errors=True)
+            zarr.open_group(str(out), mode="w").create_array(
+                "0", data=labels, chunks=(1024, 1024))
+            return time.perf_counter() - t, int(labels.max())
+
+        def chunked(threads, params=params):
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            r = segment_store(src, out, params=params, threads=threads, progress=False)
+            return time.perf_counter() - t, r.objects
+
+        times = {"whole image": [], "chunked, 1 thread": [], "chunked, 2 threads": []}
+        objects = {}
+        for _ in range(rounds):
+            for name, run in (("whole image", whole),
+                              ("chunked, 1 thread", lambda: chunked(1)),
+                              ("chunked, 2 threads", lambda: chunked(2))):
+                seconds, n = run()
+                times[name].append(seconds)
+                objects[name] = n
         shutil.rmtree(out, ignore_errors=True)
-        zarr.open_group(str(out), mode="w").create_array(
-            "0", data=labels, chunks=(1024, 1024))
-        return time.perf_counter() - t, int(labels.max())
-
-    def chunked(threads):
-        shutil.rmtree(out, ignore_errors=True)
-        t = time.perf_counter()
-        r = segment_store(src, out, params=params, threads=threads, progress=False)
-        return time.perf_counter() - t, r.objects
-
-    times = {"whole": [], "chunked 1 thread": [], "chunked 2 threads": []}
-    objects = {}
-    for _ in range(rounds):
-        for name, run in (("whole", whole), ("chunked 1 thread", lambda: chunked(1)),
-                          ("chunked 2 threads", lambda: chunked(2))):
-            seconds, n = run()
-            times[name].append(seconds)
-            objects[name] = n
-    shutil.rmtree(out, ignore_errors=True)
-    base = statistics.median(times["whole"])
-    print(f"(a) 4096 x 4096, components, default block 1024 x 1024, halo 16; "
-          f"{rounds} rounds, medians")
-    for name, values in times.items():
-        print(f"    {name:18s} {statistics.median(values):7.2f} s   objects {objects[name]}   "
-              f"ratio to whole {statistics.median(values) / base:.2f}")
+        base = statistics.median(times["whole image"])
+        print(f"(a) 4096 x 4096, {params.method} ({params.seeds} seeds), block 1024 x 1024, "
+              f"halo {default_halo(params, 2)[0]}; Zarr in, Zarr out; {rounds} rounds, medians")
+        for name, values in times.items():
+            print(f"    {name:18s} {statistics.median(values):7.2f} s   objects {objects[name]}"
+                  f"   ratio to the whole image {statistics.median(values) / base:.2f}")
 
 
 def stack_3d(shape) -> Path:
@@ -181,7 +182,8 @@ def part_b(shape) -> None:
         gb = 3 * math.prod(s) * 4 / 1e9
         results.append((s, gb, seconds, rss, n))
         shutil.rmtree(out, ignore_errors=True)
-    print("(b) unetpipe segment --table, components, default block 64 x 256 x 256, 2 threads")
+    print("(b) unetpipe segment --table, default settings (watershed, block 64 x 256 x 256, "
+          "halo 32), 2 threads")
     for s, gb, seconds, rss, n in results:
         print(f"    stack {'x'.join(map(str, s)):>14s} ({gb:5.2f} GB float32): {seconds:7.1f} s, "
               f"{n} objects, {math.prod(s) / seconds / 1e6:.2f} Mvoxel/s, "

@@ -307,3 +307,31 @@ def test_segment_evaluate_summarize_commands(tmp_path, capsys):
     assert main(["segment", str(bad), str(tmp_path / "x.ome.zarr")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.ome.zarr" in err[0] and not (tmp_path / "x.ome.zarr").exists()
+
+
+def test_halos_wider_than_blocks_reach_blocks_further_away(tmp_path):
+    # one disk whose seed is far from most of it: growth and flooding reach
+    # over several blocks of 10 x 10 (a halo of 16 or 32 spans 2 to 4 blocks)
+    yy, xx = np.mgrid[:60, :60]
+    r = np.hypot(yy - 30, xx - 30)
+    p = np.zeros((2, 60, 60), np.float32)
+    p[1] = np.where(r < 3, 0.9, np.where(r < 20, 0.45, 0.0))
+    p[0] = 1 - np.where(r < 20, 0.9, 0.0)
+    store = write_probabilities(tmp_path / "p.ome.zarr", p)
+    for params, halo in [(SegmentParams(method="watershed", min_size=0), (32, 32)),
+                         (SegmentParams(method="components", grow=15, min_size=0), (16, 16))]:
+        whole = segment_array(p, params=params, halo=halo)
+        out = tmp_path / f"{params.method}.ome.zarr"
+        segment_store(store, out, params=params, block=(10, 10), halo=halo, progress=False)
+        assert whole.max() == 1
+        assert_same_up_to_relabelling(whole, zarr.open_array(str(out / "0"))[:])
+
+
+def test_a_halo_too_small_for_the_method_is_refused(tmp_path):
+    p = probabilities_from_labels(synthetic_nuclei((40, 40), seed=1)[1])
+    store = write_probabilities(tmp_path / "p.ome.zarr", p)
+    with pytest.raises(ConfigError, match=r"segment\.halo.*at least 3"):
+        segment_store(store, tmp_path / "l.ome.zarr", halo=(2, 2), progress=False)
+    with pytest.raises(ConfigError, match=r"segment\.halo.*at least 6"):
+        segment_store(store, tmp_path / "l.ome.zarr", halo=(16, 5), progress=False,
+                      params=SegmentParams(method="components", grow=5))

@@ -71,7 +71,6 @@ DEFAULT_BLOCK = {2: (1024, 1024), 3: (64, 256, 256)}
 DEFAULT_HALO = {"components": 16, "watershed": 32}
 WORK_DIR = "_work"
 UINT32_MAX = np.iinfo(np.uint32).max
-GAP = 1  # pixels the separation targets take off a cell where it touches another
 
 
 @dataclass(frozen=True)
@@ -149,17 +148,18 @@ def _face(ndim: int):
     return ndi.generate_binary_structure(ndim, 1)
 
 
-def _closing(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Binary closing with a ball of ``radius`` pixels (by distance transforms)."""
+def _close_gaps(mask: np.ndarray) -> np.ndarray:
+    """Binary closing by the face neighbourhood (a ball of one pixel): fills
+    the gaps of up to two pixels the separation targets leave between
+    touching cells. Outside the array counts as background."""
     from scipy import ndimage as ndi
 
-    if radius <= 0 or not mask.any():
+    if not mask.any():
         return mask
-    pad = math.ceil(radius) + 1  # outside the array is background
-    padded = np.pad(mask, pad)
-    dilated = ndi.distance_transform_edt(~padded) <= radius
-    closed = ndi.distance_transform_edt(dilated) > radius
-    return closed[(slice(pad, -pad),) * mask.ndim]
+    face = _face(mask.ndim)
+    padded = np.pad(mask, 1)
+    closed = ndi.binary_erosion(ndi.binary_dilation(padded, structure=face), structure=face)
+    return closed[(slice(1, -1),) * mask.ndim]
 
 
 def _grow(markers: np.ndarray, distance: float, mask: np.ndarray) -> np.ndarray:
@@ -204,7 +204,7 @@ def segment_window(probabilities, *, params: SegmentParams = SegmentParams(),
     cell = probs[1]
     # the targets made the one-pixel ring where cells touch background: the
     # foreground is closed over such gaps
-    foreground = _closing(probs[0] <= 1.0 - params.foreground, GAP)
+    foreground = _close_gaps(probs[0] <= 1.0 - params.foreground)
     face = _face(ndim)
     if params.method == "components" or params.seeds == "classes":
         seeds = cell >= params.threshold
@@ -299,6 +299,13 @@ def _hole_pixels(params: SegmentParams, spacing) -> float | None:
 
 def default_halo(params: SegmentParams, ndim: int) -> tuple[int, ...]:
     return (DEFAULT_HALO[params.method],) * ndim
+
+
+def min_halo(params: SegmentParams, n_classes: int) -> int:
+    """The least halo with which blocks see everything that decides their core:
+    the gap closing (2 pixels) and the growth, plus one."""
+    grow = default_grow(n_classes) if params.grow is None else params.grow
+    return max(2, grow if params.method == "components" else 0) + 1
 
 
 def segment_array(probabilities, *, params: SegmentParams = SegmentParams(),
@@ -481,9 +488,10 @@ def _segment_blocks(job: _Job, indices) -> int:
     return len(indices)
 
 
-def _directions(ndim: int):
-    """Neighbour offsets with the first non-zero component positive (each pair once)."""
-    for d in itertools.product((-1, 0, 1), repeat=ndim):
+def _directions(reach: Sequence[int]):
+    """Offsets of the blocks a window reaches (``reach`` blocks per axis), with
+    the first non-zero component positive: each pair of blocks once."""
+    for d in itertools.product(*[range(-r, r + 1) for r in reach]):
         nonzero = [v for v in d if v]
         if nonzero and nonzero[0] > 0:
             yield d
@@ -513,7 +521,9 @@ def _edges_of(job: _Job, index, offsets) -> np.ndarray:
     halos = _open(job.work("halos"))
     own_halo = None
     edges = []
-    for d in _directions(len(job.grid)):
+    reach = [min(math.ceil(h / b), g - 1) for h, b, g in
+             zip(job.halo, job.block, job.grid, strict=True)]
+    for d in _directions(reach):
         other = tuple(i + v for i, v in zip(index, d, strict=True))
         if any(o < 0 or o >= g for o, g in zip(other, job.grid, strict=True)):
             continue
@@ -683,10 +693,13 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     block = tuple(min(int(b), n) for b, n in
                   zip(DEFAULT_BLOCK[ndim] if block is None else block, shape, strict=True))
     halo = tuple(int(h) for h in (default_halo(params, ndim) if halo is None else halo))
-    if min(block) < 1 or min(halo) < 0:
-        raise ConfigError(f"config key 'segment.block'/'segment.halo': {list(block)} / "
-                          f"{list(halo)} must be positive")
-    spacing = tuple(img.spacing)
+    least = min_halo(params, n_classes)
+    if min(halo) < least:
+        raise ConfigError(f"config key 'segment.halo': {list(halo)} is too small: blocks "
+                          f"need at least {least} pixels of context per axis for this "
+                          f"method (the gap closing and the growth reach that far)")
+    # physical units where the store is calibrated, pixels otherwise
+    spacing = tuple(img.spacing) if img.unit else (1.0,) * ndim
     grid = tuple(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
     threads = threads or os.cpu_count() or 1
     partial = partial_path(out)
@@ -710,7 +723,6 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     if done is None:
         partial.parent.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(partial), mode="w", zarr_format=3)
-        root.attrs["unetpipe"] = {"stage": "segment", "fingerprint": fingerprint}
         work = root.create_group(WORK_DIR)
         work.create_array("pieces", shape=shape, chunks=block, dtype=np.uint32, fill_value=0)
         work.create_array("halos", shape=(*grid, *job.window_max),
@@ -718,13 +730,14 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                           fill_value=0)
         os.makedirs(job.work("sizes"))
         (partial / DONE_DIR).mkdir()
+        # last: a store without it is not resumed
+        root.attrs["unetpipe"] = {"stage": "segment", "fingerprint": fingerprint}
         done = set()
     resumed = sum(1 for b in all_blocks if (1, *b) in done)
     log.info("segment: %s: shape %s, %s, %d blocks of %s with a halo of %s, %d thread(s)"
              "%s", src, "x".join(map(str, shape)), _describe(params, n_classes),
              len(all_blocks), "x".join(map(str, block)), "x".join(map(str, halo)), threads,
              f" ({resumed} block(s) done before)" if resumed else "")
-    spacing_or_none = spacing if img.unit else None
     try:
         # pass 1: segment every block
         todo = [b for b in all_blocks if (1, *b) not in done]
@@ -743,16 +756,16 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
         ids, roots = _union_find(edges)
         # pass 3: the relabelling table, block by block
         n_objects, removed, dtype = _write_table(job, partial, counts, offsets, ids, roots,
-                                                 spacing_or_none)
+                                                 spacing)
         root = zarr.open_group(str(partial), mode="r+")
         if "0" not in root:
             root.create_array("0", shape=shape, chunks=block, dtype=dtype, fill_value=0,
                               dimension_names=list(img.spatial_axes))
-            set_multiscale_metadata(root, axes=img.spatial_axes, unit=img.unit,
-                                    scales=[list(spacing)], name="labels")
+        set_multiscale_metadata(root, axes=img.spatial_axes, unit=img.unit,
+                                scales=[list(img.spacing)], name="labels")
         # pass 4: final ids, holes filled
         todo = [b for b in all_blocks if (4, *b) not in done]
-        fill = _hole_pixels(params, spacing_or_none)
+        fill = _hole_pixels(params, spacing)
         if todo:
             _run(_relabel_blocks, job, [[b] for b in todo], workers=threads, desc="relabel",
                  progress=progress, initial=len(all_blocks) - len(todo),
@@ -797,53 +810,48 @@ def _write_table(job: _Job, partial: Path, counts, offsets, ids, roots, spacing)
     """Pass 3: consecutive final ids for every block's objects, one table chunk
     per block; objects outside the size range get 0.
 
-    Only the objects in merged groups are held in memory, with one block's
-    sizes at a time. Returns (objects, removed, output dtype).
+    Held in memory: arrays over the merged objects (``ids``, sorted, and their
+    ``roots``) and one block's sizes at a time. Returns (objects, removed,
+    output dtype).
     """
     import zarr
 
     low, high = _size_range(job.params, spacing)
-    ends = offsets + counts
-    # merged ids per block: local id -> root
-    block_of = np.searchsorted(ends, ids, side="left") if ids.size else ids
-    involved: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for flat in np.unique(block_of):
-        sel = block_of == flat
-        involved[int(flat)] = (ids[sel] - offsets[flat], roots[sel])
-    group_size: dict[int, int] = {}
-    for flat, (local, root) in involved.items():
+    # the merged ids of each block, as a slice of the sorted ids
+    block_of = np.searchsorted(offsets + counts, ids, side="left")
+    starts = np.searchsorted(block_of, np.arange(len(counts) + 1), side="left")
+    root_pos = np.searchsorted(ids, roots)  # roots are ids themselves
+    group_size = np.zeros(ids.size, np.int64)
+    for flat in np.flatnonzero(starts[1:] > starts[:-1]):
+        sel = slice(starts[flat], starts[flat + 1])
         sizes = np.load(job.work("sizes", f"{flat}.npy"))
-        for r, s in zip(root.tolist(), sizes[local - 1].tolist(), strict=True):
-            group_size[r] = group_size.get(r, 0) + s
+        np.add.at(group_size, root_pos[sel], sizes[ids[sel] - offsets[flat] - 1])
     n_max = int(counts.max()) if counts.size else 0
     work = zarr.open_group(job.work(), mode="r+")
     if "relabel" in work:
         del work["relabel"]
     table = work.create_array("relabel", shape=(len(counts), n_max + 1),
                               chunks=(1, n_max + 1), dtype=np.uint64, fill_value=0)
-    new_id: dict[int, int] = {}
+    new_id = np.zeros(ids.size, np.uint64)  # final id of each merged group's root
     next_id, removed = 1, 0
     for flat in range(len(counts)):
         n = int(counts[flat])
-        sizes = np.load(job.work("sizes", f"{flat}.npy"))
-        gid = offsets[flat] + np.arange(1, n + 1, dtype=np.int64)
-        root = gid.copy()
-        size = sizes.astype(np.float64)
-        local, groot = involved.get(flat, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
-        root[local - 1] = groot
-        size[local - 1] = [group_size[r] for r in groot.tolist()]
-        is_root = root == gid
+        size = np.load(job.work("sizes", f"{flat}.npy")).astype(np.float64)
+        sel = slice(starts[flat], starts[flat + 1])
+        local = ids[sel] - offsets[flat]  # 1-based ids of the merged pieces here
+        is_root = np.ones(n, bool)
+        is_root[local - 1] = roots[sel] == ids[sel]
+        size[local - 1] = group_size[root_pos[sel]]
         keep = is_root & (size >= low) & (size <= high)
         removed += int((is_root & ~keep).sum())
         row = np.zeros(n_max + 1, np.uint64)
         k = int(keep.sum())
         row[1:n + 1][keep] = np.arange(next_id, next_id + k, dtype=np.uint64)
         next_id += k
-        for g, r in zip(gid[local - 1].tolist(), root[local - 1].tolist(), strict=True):
-            if g == r:
-                new_id[r] = int(row[g - offsets[flat]])
-        later = local[root[local - 1] != gid[local - 1]]
-        row[later] = [new_id.get(int(r), 0) for r in root[later - 1].tolist()]
+        own = roots[sel] == ids[sel]
+        new_id[np.arange(sel.start, sel.stop)[own]] = row[local[own]]
+        # a merged piece takes its root's id: the root's block came first
+        row[local[~own]] = new_id[root_pos[sel][~own]]
         table[flat] = row
     n_objects = next_id - 1
     dtype = "uint32" if n_objects <= UINT32_MAX else "uint64"
