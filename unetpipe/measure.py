@@ -532,7 +532,7 @@ def measure_store(labels_path: str | os.PathLike, *, image_path: str | os.PathLi
         When a file cannot be read, or the image or probabilities differ
         from the labels in spatial shape (the message names the file).
     """
-    import dask
+    from concurrent.futures import ThreadPoolExecutor
 
     from .io import read_image, read_labels
     from .progress import bar
@@ -540,16 +540,14 @@ def measure_store(labels_path: str | os.PathLike, *, image_path: str | os.PathLi
     labels = read_labels(labels_path)
     shape = labels.spatial_shape
     chunks = labels.data.chunks
-    grid = labels.data.to_delayed()
-    sources = {}
+    intensity_data = background_data = None
     channels = 0
     if image_path is not None:
         image = read_image(image_path)
         _check_shape(image, shape, labels.path)
         _compare_spacing(image, labels)
-        data = image.data if "c" in image.axes else image.data[None]
-        channels = int(data.shape[0])
-        sources["intensity"] = data.rechunk(((channels,), *chunks)).to_delayed()[0]
+        intensity_data = image.data if "c" in image.axes else image.data[None]
+        channels = int(intensity_data.shape[0])
     if probabilities_path is not None:
         probs = read_image(probabilities_path)
         if not probs.axes.startswith("c"):
@@ -557,28 +555,34 @@ def measure_store(labels_path: str | os.PathLike, *, image_path: str | os.PathLi
                                          "probabilities with a channel axis (c first)")
         _check_shape(probs, shape, labels.path)
         _compare_spacing(probs, labels)
-        sources["background"] = probs.data[0].rechunk(chunks).to_delayed()
+        background_data = probs.data[0]
     offsets = [np.r_[0, np.cumsum(c)[:-1]] for c in chunks]
+    boxes = [tuple(slice(int(o[i]), int(o[i]) + c[i]) for o, c, i in
+                   zip(offsets, chunks, index, strict=True))
+             for index in np.ndindex(*[len(c) for c in chunks])]
 
-    with bar(total=grid.size, desc="measure", unit="chunk", disable=not progress,
-             leave=False) as pbar:
+    def read(data, box):
+        # each task reads only the chunks under its box, in its own thread
+        return np.asarray(data[box].compute(scheduler="synchronous"))
 
-        def measure(block, origin, intensity=None, background=None):
-            probability = None
-            if background is not None:
-                probability = 1.0 - np.asarray(background, dtype=np.float64)
-            table = block_measurements(np.asarray(block), origin=origin, image_shape=shape,
-                                       spacing=labels.spacing, intensity=intensity,
-                                       probability=probability)
+    def measure(box):
+        intensity = probability = None
+        if intensity_data is not None:
+            intensity = read(intensity_data, (slice(None), *box))
+        if background_data is not None:
+            probability = 1.0 - read(background_data, box).astype(np.float64)
+        return block_measurements(read(labels.data, box),
+                                  origin=tuple(b.start for b in box), image_shape=shape,
+                                  spacing=labels.spacing, intensity=intensity,
+                                  probability=probability)
+
+    partials = []
+    with bar(total=len(boxes), desc="measure", unit="chunk", disable=not progress,
+             leave=False) as pbar, ThreadPoolExecutor(max_workers=threads or os.cpu_count()
+                                                      or 1) as pool:
+        for table in pool.map(measure, boxes):
+            partials.append(table)
             pbar.update(1)
-            return table
-
-        tasks = []
-        for index in np.ndindex(*grid.shape):
-            origin = tuple(int(o[i]) for o, i in zip(offsets, index, strict=True))
-            kwargs = {name: blocks[index] for name, blocks in sources.items()}
-            tasks.append(dask.delayed(measure, pure=False)(grid[index], origin, **kwargs))
-        partials = dask.compute(*tasks, scheduler="threads", num_workers=threads)
     return combine_measurements(partials, spacing=labels.spacing, unit=labels.unit,
                                 channels=channels)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .memory import release_free_memory
 from .resume import (
     DONE_DIR,
     finish,
@@ -335,33 +336,6 @@ MODEL_LOADS = []
 """Checkpoints loaded by this process (one entry per load); tests and logs read it."""
 
 
-def _release_free_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc ``malloc_trim``).
-
-    Each batch allocates and frees buffers of a few MiB (Zarr chunks,
-    windows, output blocks) from several threads; glibc keeps such freed
-    memory in per-thread heaps, fragmented, so the resident size creeps far
-    above what is in use. Trimming after every batch costs about 3% of the
-    time and cut the peak RSS of benchmarks/predict_memory.py by a quarter
-    (a fixed mmap threshold cut it by half but slowed the network's
-    forward pass by a fifth, whose buffers then came fresh from mmap).
-    """
-    global _TRIM
-    if _TRIM is None:
-        import ctypes
-        import sys
-
-        _TRIM = False
-        if sys.platform.startswith("linux"):
-            try:
-                _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-            except (OSError, AttributeError):  # not glibc
-                pass
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM = None
 
 
 def _worker_state(job: _Job):
@@ -454,7 +428,7 @@ def _run_blocks(job: _Job, indices: Sequence[tuple[int, ...]]) -> tuple[int, int
         # task retried by dask.distributed may find its marker there already)
         mark_done(done_dir, index)
     n_empty = sum(empty)
-    _release_free_memory()
+    release_free_memory()
     return len(origins) - n_empty, n_empty
 
 

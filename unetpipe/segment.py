@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .memory import release_free_memory
 from .resume import (
     DONE_DIR,
     finish,
@@ -67,7 +68,7 @@ log = logging.getLogger("unetpipe")
 
 METHODS = ("components", "watershed")
 SEEDS = ("classes", "distance")
-DEFAULT_BLOCK = {2: (1024, 1024), 3: (64, 256, 256)}
+DEFAULT_BLOCK = {2: (1024, 1024), 3: (64, 192, 192)}
 DEFAULT_HALO = {"components": 16, "watershed": 32}
 WORK_DIR = "_work"
 UINT32_MAX = np.iinfo(np.uint32).max
@@ -195,16 +196,23 @@ def segment_window(probabilities, *, params: SegmentParams = SegmentParams(),
     seeds : ndarray of bool, shape S
         The seed pixels (the objects' identities are decided there).
     """
-    from scipy import ndimage as ndi
 
     probs = np.asarray(probabilities, dtype=np.float32)
-    n_classes = probs.shape[0]
-    ndim = probs.ndim - 1
+    return _segment(probs[0] <= 1.0 - params.foreground, probs[1], n_classes=probs.shape[0],
+                    params=params, spacing=spacing)
+
+
+def _segment(foreground: np.ndarray, cell: np.ndarray, *, n_classes: int,
+             params: SegmentParams, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`segment_window` from the raw foreground (1 - P(background) at
+    least the threshold) and the cell (interior) probability."""
+    from scipy import ndimage as ndi
+
+    ndim = cell.ndim
     grow = default_grow(n_classes) if params.grow is None else params.grow
-    cell = probs[1]
     # the targets made the one-pixel ring where cells touch background: the
     # foreground is closed over such gaps
-    foreground = _close_gaps(probs[0] <= 1.0 - params.foreground)
+    foreground = _close_gaps(foreground)
     face = _face(ndim)
     if params.method == "components" or params.seeds == "classes":
         seeds = cell >= params.threshold
@@ -213,6 +221,7 @@ def segment_window(probabilities, *, params: SegmentParams = SegmentParams(),
         if params.method == "components":
             return _grow(markers, grow, foreground).astype(np.int32, copy=False), seeds
         elevation = 1.0 - cell
+        del cell
     else:
         from skimage.morphology import h_maxima
 
@@ -393,6 +402,7 @@ class _Job:
     grid: tuple[int, ...]
     spacing: tuple[float, ...] | None
     params: SegmentParams
+    n_classes: int
 
     @property
     def window_max(self) -> tuple[int, ...]:
@@ -441,10 +451,10 @@ def _open(path: str, mode: str = "r"):
     return arr
 
 
-def _read_probabilities(job: _Job, box) -> np.ndarray:
+def _read_probabilities(job: _Job, box, channels=slice(None)) -> np.ndarray:
     arr = _open(os.path.join(job.probabilities, "0"))
     try:
-        return np.asarray(arr[(slice(None), *box)], dtype=np.float32)
+        return np.asarray(arr[(channels, *box)], dtype=np.float32)
     except Exception as e:
         raise InputError(job.probabilities, f"cannot read pixel data ({type(e).__name__}: "
                                             f"{e})") from e
@@ -463,9 +473,15 @@ def _segment_blocks(job: _Job, indices) -> int:
     halos = _open(job.work("halos"), "r+")
     for index in indices:
         core, window = job.core(index), job.window(index)
-        probs = _read_probabilities(job, window)
-        labels, seeds = segment_window(probs, params=job.params, spacing=job.spacing)
+        # background and cell channels only; the background is needed only
+        # as the foreground mask, so the window is held as one float plane
+        probs = _read_probabilities(job, window, slice(0, 2))
+        foreground = probs[0] <= 1.0 - job.params.foreground
+        cell = probs[1].copy()
         del probs
+        labels, seeds = _segment(foreground, cell, n_classes=job.n_classes, params=job.params,
+                                 spacing=job.spacing)
+        del foreground, cell
         inner = _shift(core, window)
         core_labels = labels[inner]
         ids = np.unique(core_labels)
@@ -485,6 +501,8 @@ def _segment_blocks(job: _Job, indices) -> int:
         sizes = np.bincount(local.ravel(), minlength=ids.size + 1)[1:].astype(np.int64)
         _save_npy(job.work("sizes", f"{job.flat(index)}.npy"), sizes)
         mark_done(os.path.join(job.output, DONE_DIR), (1, *index))
+        del seeds, view, local, chunk
+        release_free_memory()
     return len(indices)
 
 
@@ -587,6 +605,8 @@ def _relabel_blocks(job: _Job, indices, dtype: str, fill: float | None) -> int:
             out = fill_holes(out, max_size=fill, max_extent=[h - 1 for h in hole_halo])
         target[core] = out[_shift(core, window)]
         mark_done(os.path.join(job.output, DONE_DIR), (4, *index))
+        del out, local
+        release_free_memory()
     return len(indices)
 
 
@@ -705,7 +725,7 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     partial = partial_path(out)
     job = _Job(probabilities=os.path.abspath(src), output=os.path.abspath(partial),
                shape=tuple(shape), block=block, halo=halo, grid=grid, spacing=spacing,
-               params=params)
+               params=params, n_classes=n_classes)
     fingerprint = {"input": job.probabilities, "input_signature": input_signature(src),
                    "shape": list(shape), "block": list(block), "halo": list(halo),
                    "params": asdict(params), "spacing": list(spacing)}
