@@ -83,8 +83,8 @@ class SegmentParams:
     """
 
     method: str = "watershed"
-    threshold: float = 0.5
-    foreground: float = 0.3
+    threshold: float = 0.6
+    foreground: float = 0.4
     grow: int | None = None
     seeds: str = "classes"
     h: float = 2.0
