@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unetpipe.errors import InputError
+from unetpipe.errors import ConfigError, InputError
 from unetpipe.evaluate import evaluate_store, summarize, summary_columns, write_metrics
 from unetpipe.io import set_multiscale_metadata, write_ome_zarr
 from unetpipe.metrics import DEFAULT_THRESHOLDS, Scores, pool_scores, score
@@ -178,7 +178,7 @@ def test_summary_without_ground_truth_objects_and_bad_inputs(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(InputError, match=r"bad\.json"):
         summarize([tmp_path / "bad.json"], tmp_path / "summary.csv")
-    with pytest.raises(ValueError, match="pooled"):
+    with pytest.raises(ConfigError, match="pooled"):
         write_metrics(tmp_path / "p.json", score(one, one), sample="pooled")
     with pytest.raises(ValueError, match="no metrics"):
         summarize([], tmp_path / "summary.csv")

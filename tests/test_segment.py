@@ -126,7 +126,8 @@ def test_fill_holes_fills_enclosed_background_only():
 def test_components_chunked_equals_whole_image_2d(tmp_path, mode):
     labels = hard_labels_2d()
     p = probabilities_from_labels(labels, mode)
-    params = SegmentParams(method="components", min_size=30, fill_holes=60)
+    params = SegmentParams(method="components", threshold=0.5, foreground=0.5, min_size=30,
+                           fill_holes=60)
     store = write_probabilities(tmp_path / "p.ome.zarr", p, chunks=(50, 50))
     whole = segment_array(p, params=params, halo=(16, 16))
     assert whole.max() > 60
@@ -155,7 +156,8 @@ def test_components_chunked_equals_whole_image_3d(tmp_path):
     labels[2:22, 30:33, 20:23] = labels.max() + 1   # through every z block
     labels[12:15, 5:65, 41:44] = labels.max() + 1   # along y
     p = probabilities_from_labels(labels, "three_class", sigma=0.7)
-    params = SegmentParams(method="components", min_size=4.0, fill_holes=2.0)
+    params = SegmentParams(method="components", threshold=0.5, foreground=0.5, min_size=4.0,
+                           fill_holes=2.0)
     store = write_probabilities(tmp_path / "p.ome.zarr", p, spacing=list(spacing),
                                 chunks=(7, 20, 20))
     whole = segment_array(p, params=params, spacing=spacing, halo=(16, 16, 16))
@@ -209,7 +211,7 @@ def test_ids_switch_to_uint64_when_uint32_runs_out(tmp_path, monkeypatch):
 def test_a_killed_segmentation_resumes(tmp_path, monkeypatch, caplog):
     labels = hard_labels_2d()
     p = probabilities_from_labels(labels)
-    params = SegmentParams(method="components", fill_holes=60)
+    params = SegmentParams(method="components", threshold=0.5, foreground=0.5, fill_holes=60)
     store = write_probabilities(tmp_path / "p.ome.zarr", p)
     expected = segment_array(p, params=params)
     out = tmp_path / "l.ome.zarr"
@@ -230,18 +232,34 @@ def test_a_killed_segmentation_resumes(tmp_path, monkeypatch, caplog):
     table = zarr.open_array(str(partial / seg.WORK_DIR / "relabel"))
     assert table.shape[0] == 5 * 5 and table.chunks == (1, table.shape[1])
     assert not out.exists()
-    monkeypatch.setattr(seg, "_relabel_blocks", original)
+    written = set(seg.markers(partial / seg.DONE_DIR))
+    assert len([m for m in written if m[0] == 4]) == 5  # relabelled before the kill
     calls.clear()
+
+    def counts(job, indices, *args):
+        calls.append(indices)
+        return original(job, indices, *args)
+
+    monkeypatch.setattr(seg, "_relabel_blocks", counts)
     with caplog.at_level(logging.INFO, logger="unetpipe"):
         result = segment_store(store, out, params=params, block=(60, 50), threads=1,
                                progress=False)
     assert "resuming" in caplog.text and result.resumed == 25
+    assert len(calls) == 25 - 5  # only the blocks not relabelled before
     assert_same_up_to_relabelling(expected, zarr.open_array(str(out / "0"))[:])
     assert not partial.exists()
-    # other settings start afresh
+    # a partial store made with other settings is not used
+    monkeypatch.setattr(seg, "_relabel_blocks", dies_in_pass_4)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        segment_store(store, out, params=params, block=(60, 50), threads=1, progress=False)
+    monkeypatch.setattr(seg, "_relabel_blocks", original)
     caplog.clear()
-    segment_store(store, out, params=params, block=(60, 50), threads=1, progress=False)
-    assert "resuming" not in caplog.text
+    with caplog.at_level(logging.INFO, logger="unetpipe"):
+        result = segment_store(store, out, params=replace(params, min_size=40),
+                               block=(60, 50), threads=1, progress=False)
+    assert "starting afresh" in caplog.text and "params" in caplog.text
+    assert result.resumed == 0
 
 
 def test_bad_inputs_and_settings(tmp_path):
@@ -301,6 +319,14 @@ def test_segment_evaluate_summarize_commands(tmp_path, capsys):
     assert list(rows["sample"]) == ["l", "t", "pooled"]
     assert rows["n_true"].iloc[-1] == 2 * reference.n_true
     assert rows["ap_0.50"].iloc[-1] == pytest.approx(reference.ap(0.5))
+    # a preprocessed store without ground truth: one line naming it
+    bare = write_ome_zarr(tmp_path / "bare.ome.zarr", image.astype(np.float32)[None],
+                          axes="cyx", spacing=spacing, unit="micrometer",
+                          attrs={"low": [0.0], "high": [1.0]})
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(bare), str(tmp_path / "m" / "x.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bare.ome.zarr" in err[0] and "labels/gt" in err[0]
     # a bad store: one line, exit 1, no output
     bad = write_probabilities(tmp_path / "bad.ome.zarr", np.full((4, 9, 9), 0.25, np.float32))
     capsys.readouterr()

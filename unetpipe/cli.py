@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .config import add_config_options, config_from_args
-from .errors import ConfigError, UnetpipeError
+from .errors import ConfigError, InputError, UnetpipeError
 
 log = logging.getLogger("unetpipe")
 
@@ -194,7 +194,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     gt = os.path.join(truth, "labels", "gt")
     if os.path.isdir(gt):  # a preprocessed store: its ground truth
         truth = gt
-    scores = evaluate_store(args.labels, truth, threads=args.threads)
+    elif "low" in _unetpipe_attrs(truth):
+        raise InputError(truth, "is a preprocessed image without ground-truth labels "
+                                "(labels/gt); give the labels, or a store preprocessed with "
+                                "them")
+    scores = evaluate_store(args.labels, truth, threads=args.threads,
+                            progress=None if args.quiet else "evaluate")
     write_metrics(args.output, scores, sample=args.sample or _stem(args.labels),
                   extra={"labels": os.path.abspath(args.labels), "truth": os.path.abspath(truth)})
     tp, fp, fn = scores.counts(0.5)
@@ -209,8 +214,18 @@ def cmd_summarize(args: argparse.Namespace) -> None:
 
     table = summarize(args.metrics, args.output)
     pooled = table.iloc[-1]
-    log.info("summarize: %d sample(s) -> %s; pooled AP at IoU 0.5 %.3f, mean AP %.3f",
-             len(table) - 1, args.output, pooled["ap_0.50"], pooled["mean_ap"])
+    log.info("summarize: %d sample(s) -> %s; pooled F1 %.3f, mean AP %.3f",
+             len(table) - 1, args.output, pooled["f1"], pooled["mean_ap"])
+
+
+def _unetpipe_attrs(path: str) -> dict:
+    """The ``unetpipe`` attributes of a Zarr group ({} for anything else)."""
+    import zarr
+
+    try:
+        return dict(zarr.open_group(path, mode="r").attrs.get("unetpipe", {}))
+    except Exception:
+        return {}
 
 
 def _stem(path: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .io import atomic_output, read_labels
 from .metrics import (
     DEFAULT_THRESHOLDS,
@@ -100,7 +100,7 @@ def write_metrics(path: str | os.PathLike, scores: Scores, *, sample: str,
     Parameters
     ----------
     path : str or os.PathLike
-        Destination, e.g. ``results/evaluation/NAME.json``.
+        Destination, e.g. ``results/metrics/NAME.json``.
     scores : Scores
     sample : str
         The sample's name (not ``"pooled"``, which the summary reserves).
@@ -113,7 +113,8 @@ def write_metrics(path: str | os.PathLike, scores: Scores, *, sample: str,
     pathlib.Path
     """
     if sample == POOLED:
-        raise ValueError(f"{POOLED!r} is the summary's pooled row, not a sample name")
+        raise ConfigError(f"sample name {POOLED!r} is taken by the summary's pooled row; "
+                          "rename the image")
     payload = {"sample": str(sample), "scores": scores.to_dict(), "extra": dict(extra or {})}
     text = json.dumps(payload, indent=2, allow_nan=False, default=_jsonable)
     with atomic_output(path) as tmp:
@@ -167,7 +168,7 @@ def summarize(json_paths: Iterable[str | os.PathLike], out_csv: str | os.PathLik
         Files from :func:`write_metrics`, one per sample, all scored at the
         same IoU thresholds. Rows keep their order.
     out_csv : str or os.PathLike
-        The table, e.g. ``results/evaluation/summary.csv``, written atomically.
+        The table, e.g. ``results/metrics/summary.csv``, written atomically.
 
     Returns
     -------

@@ -363,9 +363,10 @@ def combine_measurements(partials: Iterable, *, spacing: Sequence[float], unit: 
 
         - ``label``;
         - ``centroid_z/y/x``: mean physical pixel-centre coordinates;
-        - ``bbox_min_z/y/x``, ``bbox_max_z/y/x``: the physical extent of the
-          object's pixels, ``min index * spacing`` and
-          ``(max index + 1) * spacing``;
+        - ``bbox_min_z/y/x``, ``bbox_max_z/y/x``: ``min index * spacing`` and
+          ``(max index + 1) * spacing``, scikit-image's half-open bounding
+          box scaled (so half a pixel after the pixel-centre frame of the
+          centroids);
         - ``area`` (2D) or ``volume`` (3D): pixel count times pixel size;
         - ``equivalent_diameter``: of the disk or sphere of that size;
         - ``mean_intensity``, ``max_intensity`` (one channel; several give

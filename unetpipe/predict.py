@@ -276,8 +276,6 @@ def _clip(origin, block, spatial):
 
 # --- chunked prediction of a store ---------------------------------------------------
 
-"""Folder inside a partial output store with one marker file per finished block."""
-
 
 @dataclass
 class PredictResult:

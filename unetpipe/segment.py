@@ -332,8 +332,9 @@ def segment_array(probabilities, *, params: SegmentParams = SegmentParams(),
     spacing : sequence of float, optional
         Pixel size per spatial axis (default 1).
     halo : sequence of int, optional
-        The halo :func:`segment_store` would use: holes wider than it along
-        an axis are left open, as there. Default :data:`DEFAULT_HALO`.
+        The halo :func:`segment_store` would use: holes as wide as it or
+        wider along an axis are left open, as there. Default
+        :data:`DEFAULT_HALO`.
 
     Returns
     -------
@@ -672,7 +673,7 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     halo : sequence of int, optional
         Context around each block per axis, in pixels; it must exceed the
         reach of the method (growth, closing, an object's radius for the
-        watershed); holes wider than it stay open. Default
+        watershed); holes as wide as it or wider stay open. Default
         :data:`DEFAULT_HALO`.
     threads : int, optional
         Dask threads (default: one per core).

@@ -116,8 +116,9 @@ SUMMARY = f"{RESULTS}/metrics/summary.csv"
 
 
 def evaluate_names():
-    """Samples to segment that have ground truth."""
-    return [name for name in predict_names() if SAMPLES[name].labels]
+    """Samples to segment that have ground truth and were not trained on."""
+    return [name for name in predict_names()
+            if SAMPLES[name].labels and "train" not in SAMPLES[name].roles]
 
 
 def all_outputs():
