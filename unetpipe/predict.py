@@ -505,17 +505,10 @@ def _scheduler_run(job, batches, *, scheduler: str, address: str | None, workers
     Returns the numbers of blocks computed and skipped.
     """
     if scheduler == "threads":
-        import dask
-        from dask.callbacks import Callback
+        from .progress import compute_threaded
 
-        class _Progress(Callback):
-            def _posttask(self, key, result, dsk, state, worker_id):
-                if isinstance(result, tuple) and len(result) == 2:
-                    pbar.update(sum(result))
-
-        tasks = [dask.delayed(_run_blocks, pure=False)(job, b) for b in batches]
-        with _Progress():
-            results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
+        results = compute_threaded(_run_blocks, [(job, b) for b in batches], workers=workers,
+                                   pbar=pbar, count=sum)
         return [sum(r[0] for r in results), sum(r[1] for r in results)]
     from distributed import Client, LocalCluster, as_completed
 

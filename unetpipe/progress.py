@@ -39,3 +39,23 @@ def bar(iterable=None, **kwargs):
     kwargs.setdefault("dynamic_ncols", True)
     kwargs["disable"] = kwargs.get("disable", False) or not enabled()
     return tqdm(iterable, file=stream(), **kwargs)
+
+
+def compute_threaded(func, arguments, *, workers: int, pbar, count):
+    """Run ``func(*args)`` for every tuple in ``arguments`` as Dask tasks on the
+    threaded scheduler, advancing ``pbar`` by ``count(result)`` as each ends.
+
+    Returns the results, in the order of ``arguments``.
+    """
+    import dask
+    from dask.callbacks import Callback
+
+    class _Progress(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if key in keys:
+                pbar.update(count(result))
+
+    tasks = [dask.delayed(func, pure=False)(*args) for args in arguments]
+    keys = {t.key for t in tasks}
+    with _Progress():
+        return dask.compute(*tasks, scheduler="threads", num_workers=workers)

@@ -401,7 +401,7 @@ class _Job:
     block: tuple[int, ...]
     halo: tuple[int, ...]
     grid: tuple[int, ...]
-    spacing: tuple[float, ...] | None
+    spacing: tuple[float, ...]
     params: SegmentParams
     n_classes: int
 
@@ -613,22 +613,14 @@ def _relabel_blocks(job: _Job, indices, dtype: str, fill: float | None) -> int:
 
 def _run(func, job, batches, *, workers: int, desc: str, progress: bool, initial: int = 0,
          total: int | None = None, extra=()):
-    """Run ``func(job, batch, *extra)`` for every batch in Dask's threaded scheduler."""
-    import dask
-    from dask.callbacks import Callback
-
-    from .progress import bar
+    """Run ``func(job, batch, *extra)`` for every batch in Dask's threaded scheduler;
+    each returns the number of blocks it did, or anything else (not counted)."""
+    from .progress import bar, compute_threaded
 
     with bar(total=total if total is not None else sum(len(b) for b in batches),
              initial=initial, desc=desc, unit="block", disable=not progress) as pbar:
-        class _Progress(Callback):
-            def _posttask(self, key, result, dsk, state, worker_id):
-                if isinstance(result, int):
-                    pbar.update(result)
-
-        tasks = [dask.delayed(func, pure=False)(job, b, *extra) for b in batches]
-        with _Progress():
-            return dask.compute(*tasks, scheduler="threads", num_workers=workers)
+        return compute_threaded(func, [(job, b, *extra) for b in batches], workers=workers,
+                                pbar=pbar, count=lambda r: r if isinstance(r, int) else 0)
 
 
 def _union_find(edges: np.ndarray):
