@@ -17,3 +17,29 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A real single-node SLURM cluster on this machine (tests/slurm_cluster.py),
+    started once per session and stopped (jobs cancelled, daemons ended)
+    afterwards, also when a test failed.
+
+    Skipped where SLURM or munge is missing or the tests do not run as root;
+    under ``CI=true`` that is a failure instead: CI installs them (``make test``).
+    """
+    import os
+
+    from slurm_cluster import SlurmCluster, unavailable
+
+    reason = unavailable()
+    if reason:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI=true, but the local SLURM test cluster cannot start: {reason}")
+        pytest.skip(reason)
+    cluster = SlurmCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -53,6 +53,15 @@ SEGMENT_KEYS = (
     "segment.method", "segment.threshold", "segment.foreground", "segment.grow",
     "segment.seeds", "segment.h", "segment.min_size", "segment.max_size", "segment.fill_holes",
     "segment.block", "segment.halo", "segment.resume",
+    "segment.scheduler", "segment.address", "segment.processes",
+)
+# the Dask cluster of SLURM jobs that predict and segment use with scheduler
+# slurm; the rules pass these only then
+DASK_SLURM_KEYS = (
+    "dask_slurm.jobs", "dask_slurm.cores", "dask_slurm.processes_per_job",
+    "dask_slurm.memory", "dask_slurm.walltime", "dask_slurm.queue", "dask_slurm.account",
+    "dask_slurm.job_extra_directives", "dask_slurm.job_script_prologue",
+    "dask_slurm.local_directory", "dask_slurm.python", "dask_slurm.interface",
 )
 SYNTH_KEYS = (
     "demo.dir", "demo.ndim", "demo.seed", "demo.n_train", "demo.n_val", "demo.n_predict",
@@ -148,13 +157,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict_store
 
-    cfg = config_from_args(args)["predict"]
+    config = config_from_args(args)
+    cfg = config["predict"]
     result = predict_store(
         args.checkpoint, args.store, args.output, block=cfg["block"], halo=cfg["halo"],
         batch_size=cfg["batch_size"], device=cfg["device"], bf16=cfg["bf16"], tta=cfg["tta"],
         skip_empty=cfg["skip_empty"], dtype=cfg["dtype"], threads=args.threads,
         workers=cfg["workers"], scheduler=cfg["scheduler"], address=cfg["address"],
         processes=cfg["processes"], resume=cfg["resume"], progress=not args.quiet,
+        dask_slurm=config["dask_slurm"],
     )
     log.info("predict: %s: classes %s, %d blocks of %s (%d computed, %d skipped as empty, "
              "%d done before) on %s, %.3g voxels/s", result.output, ", ".join(result.classes),
@@ -165,14 +176,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_segment(args: argparse.Namespace) -> None:
     from .segment import SegmentParams, segment_store
 
-    cfg = config_from_args(args)["segment"]
+    config = config_from_args(args)
+    cfg = config["segment"]
     params = SegmentParams(method=cfg["method"], threshold=cfg["threshold"],
                            foreground=cfg["foreground"], grow=cfg["grow"], seeds=cfg["seeds"],
                            h=cfg["h"], min_size=cfg["min_size"], max_size=cfg["max_size"],
                            fill_holes=cfg["fill_holes"])
     result = segment_store(args.probabilities, args.output, params=params, block=cfg["block"],
                            halo=cfg["halo"], threads=args.threads, resume=cfg["resume"],
-                           progress=not args.quiet)
+                           progress=not args.quiet, scheduler=cfg["scheduler"],
+                           address=cfg["address"], processes=cfg["processes"],
+                           dask_slurm=config["dask_slurm"])
     if args.table:
         from .measure import measure_store, write_table
 
@@ -353,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU cores to use (default: all), shared among the Dask threads "
                         "as torch threads.")
     _add_common(p)
-    add_config_options(p, PREDICT_KEYS)
+    add_config_options(p, (*PREDICT_KEYS, *DASK_SLURM_KEYS))
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("segment", help="Instance labels from class probabilities, block by "
@@ -378,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="Worker threads (default: one per core).")
     _add_common(p)
-    add_config_options(p, SEGMENT_KEYS)
+    add_config_options(p, (*SEGMENT_KEYS, *DASK_SLURM_KEYS))
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="Score instance labels against ground truth.",

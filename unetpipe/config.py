@@ -18,6 +18,7 @@ import argparse
 import copy
 import difflib
 import functools
+import json
 import os
 import shlex
 from collections.abc import Iterable, Mapping
@@ -375,6 +376,9 @@ def _format_value(value: Any, schema: Mapping) -> list[str]:
     if isinstance(value, bool):
         return ["true" if value else "false"]
     if isinstance(value, list):
+        if any(isinstance(v, str) and v.startswith("-") for v in value):
+            # items that look like options (sbatch's --gres=...): one YAML list
+            return [json.dumps(value)]
         items = schema.get("items", {})
         return [t for v in value for t in _format_value(v, items)] if value else ["[]"]
     if isinstance(value, int | float) and _types(schema) == ["number"]:

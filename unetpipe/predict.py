@@ -23,7 +23,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -498,42 +498,6 @@ def default_workers(threads: int) -> int:
     return 1 if threads <= 1 else 2
 
 
-def _scheduler_run(job, batches, *, scheduler: str, address: str | None, workers: int,
-                   processes: int | None, pbar) -> list[int]:
-    """Run the batches as Dask tasks, updating the progress bar as each ends.
-
-    Returns the numbers of blocks computed and skipped.
-    """
-    if scheduler == "threads":
-        from .progress import compute_threaded
-
-        results = compute_threaded(_run_blocks, [(job, b) for b in batches], workers=workers,
-                                   pbar=pbar, count=sum)
-        return [sum(r[0] for r in results), sum(r[1] for r in results)]
-    from distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if address:
-        client = Client(address)
-    else:
-        cluster = LocalCluster(n_workers=processes or 2, threads_per_worker=workers,
-                               processes=True, dashboard_address=None)
-        client = Client(cluster)
-    totals = [0, 0]
-    try:
-        futures = client.map(_run_blocks, [job] * len(batches), batches, pure=False)
-        for future in as_completed(futures):
-            computed, skipped = future.result()
-            totals[0] += computed
-            totals[1] += skipped
-            pbar.update(computed + skipped)
-        return totals
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
 def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
                   out: str | os.PathLike, *, block: Sequence[int] | None = None,
                   halo: Sequence[int] | None = None, batch_size: int | None = None,
@@ -542,7 +506,7 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
                   threads: int | None = None, workers: int | None = None,
                   scheduler: str = "threads", address: str | None = None,
                   processes: int | None = None, resume: bool = True,
-                  progress: bool = True) -> PredictResult:
+                  progress: bool = True, dask_slurm: Mapping | None = None) -> PredictResult:
     """Class probabilities of a preprocessed store, chunk by chunk, resumably.
 
     Parameters
@@ -577,15 +541,24 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
     workers : int, optional
         Dask threads (per process), each running a batch: reading, network,
         writing. Default 2 (1 on one core).
-    scheduler : {"threads", "distributed"}
-        Dask's threaded scheduler, or a ``dask.distributed`` cluster: the one
-        at ``address``, or a local one of ``processes`` worker processes.
-        Each worker loads the model once.
+    scheduler : {"threads", "distributed", "slurm"}
+        Dask's threaded scheduler; a ``dask.distributed`` cluster: the one
+        at ``address``, or a local one of ``processes`` worker processes; or
+        a dask-jobqueue ``SLURMCluster`` of worker jobs set by
+        ``dask_slurm`` (see :mod:`unetpipe.cluster`). Each worker process
+        loads the model once; with ``device="auto"`` a worker picks the
+        device.
     resume : bool
         Continue a partial output made with the same checkpoint, input and
         settings, predicting only the blocks it lacks.
     progress : bool
         Show a progress bar.
+    dask_slurm : mapping, optional
+        The ``dask_slurm`` config section (worker jobs, cores, memory,
+        walltime, partition, ...), for ``scheduler="slurm"``; missing keys
+        take the schema's defaults. Each worker process runs ``workers``
+        Dask threads and the job's cores are shared out among them as torch
+        threads.
 
     Returns
     -------
@@ -600,8 +573,7 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
     import torch
 
     from .checkpoint import load_checkpoint
-    from .io import replace_path, set_multiscale_metadata
-    from .progress import bar
+    from .cluster import check_scheduler, dask_client, dask_slurm_settings, worker_device
     from .train import select_device
 
     t0 = time.perf_counter()
@@ -616,16 +588,8 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
             raise ConfigError(f"config key 'predict.{key}': {list(value)} has {len(value)} "
                               f"values but {image_path} has {len(spatial)} spatial axes "
                               f"({img.spatial_axes})")
-    if scheduler not in ("threads", "distributed"):
-        raise ConfigError(f"config key 'predict.scheduler': {scheduler!r} is not threads or "
-                          "distributed")
-    if scheduler == "distributed":
-        try:
-            import distributed  # noqa: F401
-        except ImportError as e:
-            raise ConfigError("config key 'predict.scheduler': distributed needs the "
-                              "dask.distributed package (pip install 'unetpipe[cluster]')"
-                              ) from e
+    check_scheduler(scheduler, stage="predict")
+    slurm = dask_slurm_settings(dask_slurm) if scheduler == "slurm" else None
     if dtype not in ("float32", "float16"):
         raise ConfigError(f"config key 'predict.dtype': {dtype!r} is not float32 or float16")
     if cfg.get("padding", "same") == "valid" and halo is not None:
@@ -633,14 +597,48 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
                     "ignored", list(halo))
         halo = None
     block_, window, offset = tiling(cfg, spatial, block=block, halo=halo)
-    dev = select_device(device, key="predict.device")
     threads = threads or os.cpu_count() or 1
     workers = workers or default_workers(threads)
     local_cluster = scheduler == "distributed" and not address
-    # Dask threads running torch at once on this machine
-    concurrent = workers * ((processes or 2) if local_cluster else 1)
-    torch_threads = max(1, threads // concurrent)
-    batch_size = batch_size or (4 if dev.type == "cuda" else 1)
+    if slurm is not None:
+        # each worker job's cores, shared among its processes' Dask threads
+        concurrent = int(slurm["processes_per_job"]) * workers
+        torch_threads = max(1, int(slurm["cores"]) // concurrent)
+    else:
+        # Dask threads running torch at once on this machine
+        concurrent = workers * ((processes or 2) if local_cluster else 1)
+        torch_threads = max(1, threads // concurrent)
+    with dask_client(scheduler, address=address, processes=processes,
+                     threads_per_process=workers, dask_slurm=slurm) as client:
+        if client is None:
+            dev = select_device(device, key="predict.device")
+        elif device == "auto":
+            # the workers, not this process, run the network: one of them decides
+            log.info("predict: waiting for a Dask worker to pick the device")
+            client.wait_for_workers(1)
+            dev = torch.device(client.submit(worker_device, device, "predict.device",
+                                             pure=False).result())
+        else:
+            dev = torch.device(device)
+        batch_size = batch_size or (4 if dev.type == "cuda" else 1)
+        return _predict_store(
+            ckpt=ckpt, ckpt_path=ckpt_path, image_path=image_path, out=out, img=img, cfg=cfg,
+            spatial=spatial, block_=block_, window=window, offset=offset, dev=dev,
+            batch_size=batch_size, bf16=bf16, tta=tta, skip_empty=skip_empty, dtype=dtype,
+            torch_threads=torch_threads, workers=workers, resume=resume, progress=progress,
+            client=client, t0=t0)
+
+
+def _predict_store(*, ckpt, ckpt_path, image_path, out, img, cfg, spatial, block_, window,
+                   offset, dev, batch_size, bf16, tta, skip_empty, dtype, torch_threads,
+                   workers, resume, progress, client, t0) -> PredictResult:
+    """:func:`predict_store` once the device and the cluster (if any) are known."""
+    import torch
+
+    from .cluster import run_tasks
+    from .io import replace_path, set_multiscale_metadata
+    from .progress import bar
+
     mode = (ckpt.get("targets") or {}).get("mode") or "two_class"
     classes = list((ckpt.get("targets") or {}).get("classes")
                    or (["background", "cell"] if mode == "two_class"
@@ -701,8 +699,9 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
         with bar(total=len(all_blocks), initial=len(done), desc="predict", unit="block",
                  disable=not progress) as pbar:
             if batches:
-                counts = _scheduler_run(job, batches, scheduler=scheduler, address=address,
-                                        workers=workers, processes=processes, pbar=pbar)
+                results = run_tasks(_run_blocks, [(job, b) for b in batches], client=client,
+                                    workers=workers, pbar=pbar, count=sum)
+                counts = [sum(r[0] for r in results), sum(r[1] for r in results)]
     finally:
         torch.set_num_threads(previous_threads)
         torch.backends.cudnn.benchmark = previous_benchmark

@@ -40,13 +40,14 @@ killed run resumes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -612,15 +613,28 @@ def _relabel_blocks(job: _Job, indices, dtype: str, fill: float | None) -> int:
 
 
 def _run(func, job, batches, *, workers: int, desc: str, progress: bool, initial: int = 0,
-         total: int | None = None, extra=()):
-    """Run ``func(job, batch, *extra)`` for every batch in Dask's threaded scheduler;
-    each returns the number of blocks it did, or anything else (not counted)."""
-    from .progress import bar, compute_threaded
+         total: int | None = None, extra=(), client=None):
+    """Run ``func(job, batch, *extra)`` for every batch, in Dask's threaded
+    scheduler or on ``client``'s cluster; each returns the number of blocks it
+    did, or anything else (not counted)."""
+    from .cluster import run_tasks
+    from .progress import bar
 
+    if client is not None and extra:
+        # arrays go to every worker once, not with every task
+        extra = tuple(client.scatter(e, broadcast=True) if isinstance(e, np.ndarray) else e
+                      for e in extra)
     with bar(total=total if total is not None else sum(len(b) for b in batches),
              initial=initial, desc=desc, unit="block", disable=not progress) as pbar:
-        return compute_threaded(func, [(job, b, *extra) for b in batches], workers=workers,
-                                pbar=pbar, count=lambda r: r if isinstance(r, int) else 0)
+        return run_tasks(func, [(job, b, *extra) for b in batches], client=client,
+                         workers=workers, pbar=pbar,
+                         count=lambda r: r if isinstance(r, int) else 0)
+
+
+def _clear_arrays() -> None:
+    """Forget the arrays this process opened (a new run may rewrite them)."""
+    with _ARRAYS_LOCK:
+        _ARRAYS.clear()
 
 
 def _union_find(edges: np.ndarray):
@@ -645,7 +659,9 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                   params: SegmentParams = SegmentParams(),
                   block: Sequence[int] | None = None, halo: Sequence[int] | None = None,
                   threads: int | None = None, resume: bool = True,
-                  progress: bool = True) -> SegmentResult:
+                  progress: bool = True, scheduler: str = "threads",
+                  address: str | None = None, processes: int | None = None,
+                  dask_slurm: Mapping | None = None) -> SegmentResult:
     """Instance labels of a probability store, block by block, stitched.
 
     Parameters
@@ -668,12 +684,27 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
         watershed); holes as wide as it or wider stay open. Default
         :data:`DEFAULT_HALO`.
     threads : int, optional
-        Dask threads (default: one per core).
+        Dask threads (default: one per core); with a local dask.distributed
+        cluster, shared among its processes.
     resume : bool
         Continue a partial output made from the same input with the same
         settings.
     progress : bool
         Show progress bars.
+    scheduler : {"threads", "distributed", "slurm"}
+        Where the per-block passes (1, 2 and 4) run: Dask's threaded
+        scheduler; a ``dask.distributed`` cluster (the one at ``address``,
+        or a local one of ``processes`` worker processes); or a
+        dask-jobqueue ``SLURMCluster`` set by ``dask_slurm`` (see
+        :mod:`unetpipe.cluster`). Pass 3 (the relabelling table) runs here.
+        The workers must see the stores at the same paths.
+    address : str, optional
+        A running dask.distributed scheduler, for ``scheduler="distributed"``.
+    processes : int, optional
+        Worker processes of a local dask.distributed cluster (default 2).
+    dask_slurm : mapping, optional
+        The ``dask_slurm`` config section, for ``scheduler="slurm"``; every
+        worker process runs one Dask thread per core it has.
 
     Returns
     -------
@@ -681,6 +712,7 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     """
     import zarr
 
+    from .cluster import check_scheduler, dask_client, dask_slurm_settings
     from .io import read_image, replace_path, set_multiscale_metadata
 
     t0 = time.perf_counter()
@@ -715,6 +747,8 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     spacing = tuple(img.spacing) if img.unit else (1.0,) * ndim
     grid = tuple(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
     threads = threads or os.cpu_count() or 1
+    check_scheduler(scheduler, stage="segment")
+    slurm = dask_slurm_settings(dask_slurm) if scheduler == "slurm" else None
     partial = partial_path(out)
     job = _Job(probabilities=os.path.abspath(src), output=os.path.abspath(partial),
                shape=tuple(shape), block=block, halo=halo, grid=grid, spacing=spacing,
@@ -747,58 +781,70 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
         root.attrs["unetpipe"] = {"stage": "segment", "fingerprint": fingerprint}
         done = set()
     resumed = sum(1 for b in all_blocks if (1, *b) in done)
-    log.info("segment: %s: shape %s, %s, %d blocks of %s with a halo of %s, %d thread(s)"
-             "%s", src, "x".join(map(str, shape)), _describe(params, n_classes),
-             len(all_blocks), "x".join(map(str, block)), "x".join(map(str, halo)), threads,
+    log.info("segment: %s: shape %s, %s, %d blocks of %s with a halo of %s, %s%s", src,
+             "x".join(map(str, shape)), _describe(params, n_classes), len(all_blocks),
+             "x".join(map(str, block)), "x".join(map(str, halo)),
+             f"{threads} thread(s)" if scheduler == "threads" else f"{scheduler} scheduler",
              f" ({resumed} block(s) done before)" if resumed else "")
-    try:
-        # pass 1: segment every block
-        todo = [b for b in all_blocks if (1, *b) not in done]
-        if todo:
-            _run(_segment_blocks, job, [[b] for b in todo], workers=threads,
-                 desc="segment", progress=progress, initial=len(all_blocks) - len(todo),
-                 total=len(all_blocks))
-        counts = np.array([np.load(job.work("sizes", f"{job.flat(b)}.npy")).size
-                           for b in all_blocks], np.int64)
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        # pass 2: merges across the blocks' faces, edges and corners
-        found = _run(_block_edges, job, [[b] for b in all_blocks], workers=threads,
-                     desc="stitch", progress=False, extra=(offsets,)) if len(all_blocks) > 1 \
-            else []
-        edges = np.concatenate([np.zeros((0, 2), np.int64), *[e for e in found]])
-        ids, roots = _union_find(edges)
-        # pass 3: the relabelling table, block by block
-        n_objects, removed, dtype = _write_table(job, partial, counts, offsets, ids, roots,
-                                                 spacing)
-        root = zarr.open_group(str(partial), mode="r+")
-        if "0" not in root:
-            root.create_array("0", shape=shape, chunks=block, dtype=dtype, fill_value=0,
-                              dimension_names=list(img.spatial_axes))
-        set_multiscale_metadata(root, axes=img.spatial_axes, unit=img.unit,
-                                scales=[list(img.spacing)], name="labels")
-        # pass 4: final ids, holes filled
-        todo = [b for b in all_blocks if (4, *b) not in done]
-        fill = _hole_pixels(params, spacing)
-        if todo:
-            _run(_relabel_blocks, job, [[b] for b in todo], workers=threads, desc="relabel",
-                 progress=progress, initial=len(all_blocks) - len(todo),
-                 total=len(all_blocks), extra=(dtype, fill))
-        finished = set(markers(partial / DONE_DIR))
-        missing = [b for b in all_blocks if (4, *b) not in finished]
-        if missing:
-            raise RuntimeError(f"{len(missing)} block(s) of {partial} were not recorded as "
-                               f"done, e.g. {missing[0]}")
-        attrs = dict(root.attrs["unetpipe"])
-        attrs.update({"source": job.probabilities, "method": params.method,
-                      "params": asdict(params), "mode": mode_of(n_classes),
-                      "objects": int(n_objects), "block": list(block), "halo": list(halo)})
-        root.attrs["unetpipe"] = attrs
-        ome = dict(root.attrs["ome"])
-        ome["image-label"] = {"version": ome.get("version")}
-        root.attrs["ome"] = ome
-    finally:
-        with _ARRAYS_LOCK:
-            _ARRAYS.clear()
+    if scheduler == "slurm":
+        per_process = None  # every core of a worker job
+    elif scheduler == "distributed" and not address:
+        per_process = max(1, threads // (processes or 2))
+    else:
+        per_process = 1
+    with dask_client(scheduler, address=address, processes=processes,
+                     threads_per_process=per_process, dask_slurm=slurm) as client:
+        try:
+            # pass 1: segment every block
+            todo = [b for b in all_blocks if (1, *b) not in done]
+            if todo:
+                _run(_segment_blocks, job, [[b] for b in todo], workers=threads,
+                     desc="segment", progress=progress, initial=len(all_blocks) - len(todo),
+                     total=len(all_blocks), client=client)
+            counts = np.array([np.load(job.work("sizes", f"{job.flat(b)}.npy")).size
+                               for b in all_blocks], np.int64)
+            offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            # pass 2: merges across the blocks' faces, edges and corners
+            found = []
+            if len(all_blocks) > 1:
+                found = _run(_block_edges, job, [[b] for b in all_blocks], workers=threads,
+                             desc="stitch", progress=False, extra=(offsets,), client=client)
+            edges = np.concatenate([np.zeros((0, 2), np.int64), *[e for e in found]])
+            ids, roots = _union_find(edges)
+            # pass 3: the relabelling table, block by block
+            n_objects, removed, dtype = _write_table(job, partial, counts, offsets, ids, roots,
+                                                     spacing)
+            root = zarr.open_group(str(partial), mode="r+")
+            if "0" not in root:
+                root.create_array("0", shape=shape, chunks=block, dtype=dtype, fill_value=0,
+                                  dimension_names=list(img.spatial_axes))
+            set_multiscale_metadata(root, axes=img.spatial_axes, unit=img.unit,
+                                    scales=[list(img.spacing)], name="labels")
+            # pass 4: final ids, holes filled
+            todo = [b for b in all_blocks if (4, *b) not in done]
+            fill = _hole_pixels(params, spacing)
+            if todo:
+                _run(_relabel_blocks, job, [[b] for b in todo], workers=threads, desc="relabel",
+                     progress=progress, initial=len(all_blocks) - len(todo),
+                     total=len(all_blocks), extra=(dtype, fill), client=client)
+            finished = set(markers(partial / DONE_DIR))
+            missing = [b for b in all_blocks if (4, *b) not in finished]
+            if missing:
+                raise RuntimeError(f"{len(missing)} block(s) of {partial} were not recorded as "
+                                   f"done, e.g. {missing[0]}")
+            attrs = dict(root.attrs["unetpipe"])
+            attrs.update({"source": job.probabilities, "method": params.method,
+                          "params": asdict(params), "mode": mode_of(n_classes),
+                          "objects": int(n_objects), "block": list(block), "halo": list(halo)})
+            root.attrs["unetpipe"] = attrs
+            ome = dict(root.attrs["ome"])
+            ome["image-label"] = {"version": ome.get("version")}
+            root.attrs["ome"] = ome
+        finally:
+            _clear_arrays()
+            if client is not None:
+                with contextlib.suppress(Exception):  # a cluster that failed: nothing to clear
+                    client.run(_clear_arrays)
     finish(partial, remove=(WORK_DIR,))
     replace_path(partial, out)
     seconds = time.perf_counter() - t0

@@ -16,6 +16,7 @@ min_version("8.20")
 sys.path.insert(0, workflow.basedir)
 
 from unetpipe.cli import (  # noqa: E402
+    DASK_SLURM_KEYS,
     PREDICT_KEYS,
     PREPROCESS_KEYS,
     SEGMENT_KEYS,
@@ -39,6 +40,8 @@ except ConfigError as e:
 
 RESULTS = config["results"]
 ENV = "../envs/unetpipe.yaml"
+# the checkout ENV installs the package from (pip expands it there)
+os.environ.update(UNETPIPE_SOURCE=workflow.basedir)
 
 
 wildcard_constraints:
@@ -98,6 +101,20 @@ def probabilities(name):
 def predict_runtime():
     """Minutes a cluster should allow a prediction job (it resumes if cut short)."""
     return 4 * 60
+
+
+def remote_workers(stage):
+    """Whether a stage's blocks run on Dask workers elsewhere (worker jobs of a
+    SLURMCluster, or a running dask.distributed scheduler), so that its own
+    job only drives them: one core, modest memory, no GPU."""
+    cfg = config[stage]
+    return cfg["scheduler"] == "slurm" or (cfg["scheduler"] == "distributed"
+                                           and bool(cfg["address"]))
+
+
+def dask_slurm_args(stage):
+    """The dask_slurm options, for a stage that uses a SLURMCluster."""
+    return cli_args(config, DASK_SLURM_KEYS) if config[stage]["scheduler"] == "slurm" else ""
 
 
 def labels_store(name):

@@ -9,6 +9,10 @@
 # it; a rerun (`snakemake --rerun-incomplete`, or the SLURM job requeued)
 # predicts only the missing blocks and renames the store to the declared
 # output when all are done.
+#
+# Resources: the job needs a GPU and the cores that feed it; with
+# predict.scheduler slurm (or a remote dask.distributed scheduler) it only
+# drives Dask workers elsewhere, which get their GPUs through dask_slurm.
 
 
 rule predict:
@@ -23,13 +27,14 @@ rule predict:
         f"{RESULTS}/benchmarks/predict/{{sample}}.tsv"
     params:
         args=cli_args(config, PREDICT_KEYS),
-    threads: 8
+        cluster=dask_slurm_args("predict"),
+    threads: 1 if remote_workers("predict") else 8
     resources:
-        mem_mb=8000,
+        mem_mb=4000 if remote_workers("predict") else 8000,
         runtime=predict_runtime(),
-        gpu=1,
+        gpu=0 if remote_workers("predict") else 1,
     conda:
         ENV
     shell:
         "unetpipe --log {log:q} predict {input.checkpoint:q} {input.image:q} {output:q}"
-        " {params.args} --threads {threads}"
+        " {params.args} {params.cluster} --threads {threads}"

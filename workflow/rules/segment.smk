@@ -5,7 +5,9 @@
 # Resume: like predict, the command builds the label store as the hidden
 # {RESULTS}/labels/.{sample}.ome.zarr.partial (not a declared output, so a
 # failed or killed job leaves it), records every finished block in it, and
-# a rerun does only the missing blocks.
+# a rerun does only the missing blocks. With segment.scheduler slurm the
+# per-block passes run on the Dask worker jobs of dask_slurm, and this job
+# drives them (and measures the objects, chunk by chunk).
 
 
 rule segment:
@@ -21,6 +23,7 @@ rule segment:
         f"{RESULTS}/benchmarks/segment/{{sample}}.tsv"
     params:
         args=cli_args(config, SEGMENT_KEYS),
+        cluster=dask_slurm_args("segment"),
     threads: 4
     resources:
         mem_mb=4000,
@@ -29,5 +32,5 @@ rule segment:
         ENV
     shell:
         "unetpipe --log {log:q} segment {input.probabilities:q} {output.labels:q}"
-        " --table {output.table:q} --image {input.image:q} {params.args}"
+        " --table {output.table:q} --image {input.image:q} {params.args} {params.cluster}"
         " --threads {threads}"
