@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 import zarr
+from tiny_workflow import TINY as TINY_BASE
 
 from unetpipe.io import write_ome_zarr
 from unetpipe.model import UNet
@@ -26,14 +27,9 @@ from unetpipe.segment import SegmentParams, segment_store
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-# the demo of tests/test_workflow.py, as small
+# the tiny demo of the workflow tests
 TINY = {
-    "demo": {"n_train": 2, "n_val": 1, "n_predict": 1, "train_shape": [64, 64],
-             "predict_shape": [160, 128]},
-    "preprocess": {"chunks": [64, 64], "pyramid_levels": 1},
-    "model": {"depth": 2, "features": 4},
-    "train": {"iterations": 6, "val_every": 3, "patch": [32, 32], "batch_size": 2,
-              "minutes": None},
+    **TINY_BASE,
     # two blocks per axis, so segmentation stitches
     "predict": {"block": [64, 64]},
     "segment": {"threshold": 0.35, "block": [96, 64]},

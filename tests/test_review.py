@@ -16,6 +16,7 @@ import yaml
 import zarr
 from numpy.testing import assert_array_equal
 from scipy import ndimage as ndi
+from tiny_workflow import TINY, job_table, snakemake
 
 from unetpipe import review as rv
 from unetpipe.errors import InputError
@@ -634,27 +635,6 @@ def test_no_results_is_one_clear_error(tmp_path):
 # --- export as training data ----------------------------------------------------------------
 
 
-TINY = {
-    "demo": {"n_train": 2, "n_val": 1, "n_predict": 1, "train_shape": [64, 64],
-             "predict_shape": [160, 128]},
-    "preprocess": {"chunks": [64, 64], "pyramid_levels": 1},
-    "model": {"depth": 2, "features": 4},
-    "train": {"iterations": 6, "val_every": 3, "patch": [32, 32], "batch_size": 2,
-              "minutes": None},
-}
-
-
-def job_table(out):
-    start = out.index("Job stats:")
-    table = {}
-    for line in out[start:].splitlines()[3:]:
-        if not line.strip():
-            break
-        name, count = line.split()
-        table[name] = int(count)
-    return table
-
-
 def test_export_is_found_by_the_workflow_as_training_data(tmp_path):
     lab = labels_2d()
     paths = make_results(tmp_path, lab, spacing=[0.5, 0.5])
@@ -675,12 +655,7 @@ def test_export_is_found_by_the_workflow_as_training_data(tmp_path):
     assert part.name == "cells-y8-x0"
     assert_array_equal(read_labels(part / "labels.tif").data.compute(), lab[8:16, 0:16])
     # the workflow plans preprocessing and targets for them and trains again
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
-               + os.environ.get("PATH", ""))
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
-         str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "-n", "--cores", "2"],
-        capture_output=True, text=True, env=env, timeout=300)
+    proc = snakemake(tmp_path, "-n", "--cores", "2", timeout=300)
     assert proc.returncode == 0, proc.stderr
     jobs = job_table(proc.stdout)
     # 4 demo samples + 2 curated ones; targets for 2 demo + 2 curated training samples

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
+from tiny_workflow import TINY as TINY_BASE
+from tiny_workflow import job_table, snakemake
 
 from unetpipe.checkpoint import build_model, load_checkpoint
 from unetpipe.io import read_image, read_labels, write_tiff
@@ -24,30 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
 
 TINY = {
-    "demo": {"n_train": 2, "n_val": 1, "n_predict": 1, "train_shape": [64, 64],
-             "predict_shape": [160, 128]},
-    "preprocess": {"chunks": [64, 64], "pyramid_levels": 1},
-    "model": {"depth": 2, "features": 4},
-    "train": {"iterations": 6, "val_every": 3, "patch": [32, 32], "batch_size": 2,
-              "minutes": None},
+    **TINY_BASE,
     # six iterations leave every class near 1/3: seeds from a lower threshold
     "segment": {"threshold": 0.35},
 }
-
-
-def snakemake(workdir, *args, config=None):
-    """Run the repository's workflow in ``workdir`` as a user would."""
-    cfg = workdir / "config.yaml"
-    if config is not None:
-        cfg.write_text(yaml.safe_dump(config))
-    env = dict(os.environ)
-    # the rules call the `unetpipe` command of this environment
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
-         str(workdir), "--configfile", str(cfg), *args],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
 
 
 def test_lint_is_clean():
@@ -55,17 +37,6 @@ def test_lint_is_clean():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
-
-
-def job_table(out):
-    start = out.index("Job stats:")
-    table = {}
-    for line in out[start:].splitlines()[3:]:
-        if not line.strip():
-            break
-        name, count = line.split()
-        table[name] = int(count)
-    return table
 
 
 def test_dry_run_plans_demo_preprocess_targets_training_and_prediction(tmp_path):
