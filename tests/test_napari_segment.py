@@ -3,12 +3,15 @@ stages (preprocess, predict, segment) on a layer, adds the results with the
 layer's scale, reports progress per block, can be cancelled, and turns the
 user's errors into a one-line notification."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from test_segment import assert_same_up_to_relabelling, write_probabilities
 
+from unetpipe import progress
 from unetpipe.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_checkpoint
 from unetpipe.config import validate_config
 from unetpipe.errors import UnetpipeError
@@ -288,3 +291,9 @@ def test_widget_cancel_stops_the_run_without_layers(make_napari_viewer, qtbot, c
     assert widget.status.text() == "cancelled"
     assert [layer.name for layer in viewer.layers] == ["cells"]
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    # the stages stopped at a progress update, outside tqdm's process-wide
+    # lock: a later bar (any stage, any test after this one) still gets it
+    t = threading.Thread(target=lambda: progress.bar(total=1).close(), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()

@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from . import progress as _progress
 from .errors import UnetpipeError
 from .segment import METHODS, SEEDS, SegmentParams
 
@@ -65,8 +66,8 @@ def _remove_temporary_stores() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-class Cancelled(Exception):
-    """The user cancelled the run."""
+# the user cancelled the run (raised by the stages' progress updates)
+Cancelled = _progress.Cancelled
 
 
 @dataclass
@@ -246,20 +247,15 @@ class _ProgressStream:
 
     tqdm writes each refresh of a bar as one line starting with a carriage
     return (``"predict:  50%|#####     | 2/4 [...]"``); each one found is
-    passed on as ``(stage, done, total)``. It is also where a cancel takes
-    effect: the stages' bars are refreshed from their own loops.
+    passed on as ``(stage, done, total)``. It never raises: tqdm calls it
+    while holding its process-wide lock (cancelling goes through
+    :func:`unetpipe.progress.set_cancel` instead).
     """
 
-    def __init__(self, report: Callable[[str, int, int], None],
-                 cancelled: Callable[[], bool]):
+    def __init__(self, report: Callable[[str, int, int], None]):
         self._report = report
-        self._cancelled = cancelled
-        self._raised = False
 
     def write(self, text: str) -> int:
-        if self._cancelled() and not self._raised:
-            self._raised = True  # once: tqdm writes again while closing
-            raise Cancelled()
         for m in _BAR.finditer(text):
             self._report(m["desc"], int(m["n"]), int(m["total"]))
         return len(text)
@@ -273,16 +269,17 @@ class _ProgressStream:
 
 @contextlib.contextmanager
 def _reporting(report, cancelled):
-    """Send the stages' progress bars to ``report`` while the block runs."""
-    from . import progress
-
+    """Send the stages' progress bars to ``report``, and stop the stages at
+    their next progress update once ``cancelled()``, while the block runs."""
     with _stream_lock:
-        previous = progress._stream  # None (standard error) is not what stream() says
-        progress.set_stream(_ProgressStream(report or (lambda *_: None), cancelled))
+        previous = _progress.get_stream()
+        _progress.set_stream(_ProgressStream(report or (lambda *_: None)))
+        _progress.set_cancel(cancelled)
         try:
             yield
         finally:
-            progress.set_stream(previous)
+            _progress.set_cancel(None)
+            _progress.set_stream(previous)
 
 
 # --- the widget ---------------------------------------------------------------------------

@@ -7,10 +7,17 @@ over each other in Snakemake's own output.
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from typing import IO
 
 _stream: IO[str] | None = None
+_cancelled: Callable[[], bool] | None = None
+
+
+class Cancelled(Exception):
+    """A run stopped by the check given to :func:`set_cancel`."""
 
 
 def set_stream(stream: IO[str] | None) -> None:
@@ -19,8 +26,38 @@ def set_stream(stream: IO[str] | None) -> None:
     _stream = stream
 
 
+def get_stream() -> IO[str] | None:
+    """The stream given to :func:`set_stream` (None: standard error)."""
+    return _stream
+
+
 def stream() -> IO[str]:
     return _stream if _stream is not None else sys.stderr
+
+
+def set_cancel(check: Callable[[], bool] | None) -> None:
+    """Make every progress bar's ``update`` raise :class:`Cancelled` once
+    ``check()`` is true (None: never).
+
+    The check runs before tqdm takes its lock. An exception raised while
+    tqdm holds it (from a stream's ``write``, say) would leave tqdm's
+    process-wide lock taken, and every later bar would wait for it forever.
+    """
+    global _cancelled
+    _cancelled = check
+
+
+@functools.cache
+def _bar_class():
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        def update(self, n=1):
+            if _cancelled is not None and _cancelled():
+                raise Cancelled("cancelled")
+            return super().update(n)
+
+    return Bar
 
 
 def enabled() -> bool:
@@ -32,13 +69,11 @@ def enabled() -> bool:
 
 
 def bar(iterable=None, **kwargs):
-    """A tqdm progress bar on the current stream."""
-    from tqdm import tqdm
-
+    """A tqdm progress bar on the current stream (see :func:`set_cancel`)."""
     kwargs.setdefault("mininterval", 1.0)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs["disable"] = kwargs.get("disable", False) or not enabled()
-    return tqdm(iterable, file=stream(), **kwargs)
+    return _bar_class()(iterable, file=stream(), **kwargs)
 
 
 def compute_threaded(func, arguments, *, workers: int, pbar, count):
