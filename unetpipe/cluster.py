@@ -39,15 +39,6 @@ log = logging.getLogger("unetpipe")
 
 SCHEDULERS = ("threads", "distributed", "slurm")
 
-# the dask_slurm config section's defaults (the schema's), for callers of the
-# library functions that pass only some of them
-DASK_SLURM_DEFAULTS: dict[str, Any] = {
-    "jobs": 2, "cores": 4, "processes_per_job": 1, "memory": "16GB",
-    "walltime": "04:00:00", "queue": None, "account": None, "job_extra_directives": [],
-    "job_script_prologue": [], "local_directory": None, "python": None, "interface": None,
-}
-
-
 def check_scheduler(scheduler: str, *, stage: str) -> None:
     """Raise ConfigError naming ``STAGE.scheduler`` when the scheduler is not
     known or its packages are missing."""
@@ -67,12 +58,17 @@ def check_scheduler(scheduler: str, *, stage: str) -> None:
 def dask_slurm_settings(settings: Mapping | None) -> dict:
     """The ``dask_slurm`` settings with the defaults filled in; unknown keys
     raise ConfigError."""
+    from .config import defaults
+
+    # the schema's defaults, for callers of the library functions that pass
+    # only some of the keys
+    default = defaults()["dask_slurm"]
     settings = dict(settings or {})
-    unknown = sorted(set(settings) - set(DASK_SLURM_DEFAULTS))
+    unknown = sorted(set(settings) - set(default))
     if unknown:
         raise ConfigError(f"config key 'dask_slurm.{unknown[0]}' is not known; known keys: "
-                          f"{', '.join(DASK_SLURM_DEFAULTS)}")
-    return {**DASK_SLURM_DEFAULTS, **settings}
+                          f"{', '.join(default)}")
+    return {**default, **settings}
 
 
 def walltime_seconds(walltime: str) -> int:
