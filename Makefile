@@ -30,7 +30,7 @@ $(VENV)/.setup: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.setup-dev: $(VENV)/.setup
-	$(BIN)/python -m pip install --quiet -e ".[dev,napari,cluster]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,napari,cluster,bioimageio]"
 	touch $@
 
 setup: $(VENV)/.setup

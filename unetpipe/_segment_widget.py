@@ -431,7 +431,7 @@ class SegmentWidget(QWidget):
 
     def _browse(self):
         path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", self.checkpoint.text(),
-                                              "Checkpoints (*.pt);;All files (*)")
+                                              "Checkpoints (*.pt *.zip);;All files (*)")
         if path:
             self.checkpoint.setText(path)
 

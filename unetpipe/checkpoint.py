@@ -47,6 +47,10 @@ def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
 def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
     """Load a checkpoint with ``weights_only=True``.
 
+    A bioimage.io model exported by unetpipe (a ``.zip`` package, its
+    ``rdf.yaml``/``bioimageio.yaml``, or a folder holding one) is imported
+    with :func:`unetpipe.bioimageio.import_model` into the same layout.
+
     Raises
     ------
     InputError
@@ -55,9 +59,16 @@ def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
     """
     import pickle
 
+    path = os.fspath(path)
+    if path.lower().endswith((".zip", ".yaml", ".yml")) or (
+            os.path.isdir(path) and any(os.path.isfile(os.path.join(path, n))
+                                        for n in ("rdf.yaml", "bioimageio.yaml"))):
+        from .bioimageio import import_model
+
+        return import_model(path, map_location=map_location)
+
     import torch
 
-    path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(path, "checkpoint not found")
     try:
@@ -69,8 +80,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
             if lines else type(e).__name__
         raise InputError(path, "refusing to load: the checkpoint holds objects other than "
                                f"tensors and plain values ({detail})") from e
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise InputError(path, f"not a readable PyTorch checkpoint: {e}") from e
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise InputError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(path, "not a unetpipe checkpoint (no 'format' entry "
                                f"{FORMAT!r})")
