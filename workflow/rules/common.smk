@@ -1,6 +1,7 @@
 # Config validation and the sample table. Everything here runs when Snakemake
 # parses the workflow, before any job: a bad config stops the run at once.
 
+import json
 import os
 import re
 import shlex
@@ -138,13 +139,56 @@ def evaluate_names():
             if SAMPLES[name].labels and "train" not in SAMPLES[name].roles]
 
 
-def all_outputs():
+REPORT = f"{RESULTS}/report"
+RUNTIMES = [f"{REPORT}/runtimes.html", f"{REPORT}/runtimes.png"]
+
+
+def overlay(name):
+    return f"{REPORT}/overlays/{name}.png"
+
+
+def weightmap_sample():
+    """The training sample the report's weight-map figure shows (None without training)."""
+    names = train_names()
+    return names[0] if names and not config["predict"]["checkpoint"] else None
+
+
+def report_inputs(wildcards):
+    """A sample's overlay inputs: its labels, and its metrics when it is evaluated."""
+    files = {"image": preprocessed(wildcards.sample), "labels": labels_store(wildcards.sample)}
+    if wildcards.sample in evaluate_names():
+        files["metrics"] = metrics(wildcards.sample)
+    return files
+
+
+def report_options(wildcards, input):
+    """The ground truth (in the preprocessed store) and metrics of an overlay, if any."""
+    options = []
+    if SAMPLES[wildcards.sample].labels:
+        options.append(f"--truth {shlex.quote(os.path.join(input.image, 'labels', 'gt'))}")
+    if "metrics" in input.keys():
+        options.append(f"--metrics {shlex.quote(input.metrics)}")
+    return " ".join(options)
+
+
+def benchmark_templates():
+    """RULE=PATH of every rule's benchmark file, so the runtime table names rules
+    exactly (summarize writes to benchmarks/evaluate/, for one)."""
+    return [f"{r.name}={r.benchmark}" for r in workflow.rules if r.benchmark]
+
+
+def all_outputs(*, runtimes=True):
     outputs = [preprocessed(name) for name in SAMPLES]
     if train_names() and not config["predict"]["checkpoint"]:
         outputs.append(MODEL)
     if train_names() or config["predict"]["checkpoint"]:
         outputs += [labels_store(name) for name in predict_names()]
         outputs += [table(name) for name in predict_names()]
+        outputs += [overlay(name) for name in predict_names()]
         if evaluate_names():
-            outputs.append(SUMMARY)
-    return outputs
+            outputs += [SUMMARY, f"{REPORT}/metrics.html"]
+    if weightmap_sample():
+        outputs.append(f"{REPORT}/weightmap.png")
+    outputs.append(f"{REPORT}/config.html")
+    # the runtime table comes last: it needs the benchmark files of all other jobs
+    return outputs + RUNTIMES if runtimes else outputs
