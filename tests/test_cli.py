@@ -50,6 +50,47 @@ def test_help_lists_commands_and_options():
         assert option in proc.stdout
 
 
+def test_every_config_key_is_an_option_with_its_schema_help_or_named_as_workflow_only(capsys):
+    import argparse
+    import json
+
+    from unetpipe.cli import build_parser
+    from unetpipe.config import key_schema, leaf_keys
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    exposed = set()
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if not action.dest.startswith("cfg:"):
+                continue
+            key = action.dest[4:]
+            exposed.add(key)
+            schema = key_schema(key)
+            default = schema.get("default")
+            shown = default if isinstance(default, str) else json.dumps(default)
+            text = action.help.replace("%%", "%")
+            assert text == f"{schema['description']} Config key {key}; default: {shown}.", name
+            if "enum" in schema:
+                assert action.metavar == "{" + ",".join(map(str, schema["enum"])) + "}"
+        # every command's help renders, with its description
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args([name, "--help"])
+        assert stop.value.code == 0
+        # (argparse wraps lines at spaces and hyphens)
+        out = "".join(capsys.readouterr().out.split())
+        assert "".join(sub.description.split()) in out, name
+    workflow_only = [k for k in leaf_keys() if k not in exposed]
+    assert workflow_only, "the data paths are the workflow's"
+    epilog = " ".join(parser.epilog.split())
+    for key in workflow_only:
+        assert key in epilog or key.rsplit(".", 1)[0] in epilog, key
+    # and the epilog names no key that is an option after all
+    for named in ("data.curated", "results", "predict.checkpoint"):
+        assert named not in exposed
+
+
 def test_preprocess_writes_store_and_log(tmp_path, image):
     out = tmp_path / "res" / "img.ome.zarr"
     logfile = tmp_path / "logs" / "p.log"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,10 @@ def test_dry_run_plans_demo_preprocess_targets_training_and_prediction(tmp_path)
     # targets for the two training images only; one training job; one image to predict
     assert job_table(proc.stdout) == {"demo_data": 1, "preprocess": 4, "targets": 2, "train": 1,
                                       "predict": 1, "segment": 1, "evaluate": 1,
-                                      "summarize": 1, "all": 1, "total": 13}
+                                      "summarize": 1, "report_overlay": 1,
+                                      "report_weightmap": 1, "report_metrics": 1,
+                                      "report_config": 1, "report_runtimes": 1, "all": 1,
+                                      "total": 18}
 
 
 def test_a_given_checkpoint_predicts_without_training(tmp_path):
@@ -54,8 +58,10 @@ def test_a_given_checkpoint_predicts_without_training(tmp_path):
                      config=TINY)
     assert proc.returncode == 0, proc.stderr
     assert job_table(proc.stdout) == {"demo_data": 1, "preprocess": 4, "predict": 1,
-                                      "segment": 1, "evaluate": 1, "summarize": 1, "all": 1,
-                                      "total": 10}
+                                      "segment": 1, "evaluate": 1, "summarize": 1,
+                                      "report_overlay": 1, "report_metrics": 1,
+                                      "report_config": 1, "report_runtimes": 1, "all": 1,
+                                      "total": 14}
     assert "mine.pt" in proc.stdout
     # no ground truth: segmented, not evaluated
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--config",
@@ -64,7 +70,8 @@ def test_a_given_checkpoint_predicts_without_training(tmp_path):
                      "labels: null}}", config=TINY)
     assert proc.returncode == 0, proc.stderr
     assert job_table(proc.stdout) == {"demo_data": 1, "preprocess": 4, "predict": 1,
-                                      "segment": 1, "all": 1, "total": 8}
+                                      "segment": 1, "report_overlay": 1, "report_config": 1,
+                                      "report_runtimes": 1, "all": 1, "total": 11}
 
 
 @pytest.mark.slow
@@ -135,7 +142,14 @@ def test_real_run_then_nothing_to_do(tmp_path):
     assert list(table["label"]) == list(range(1, segmented.max() + 1))
     assert segmented.max() > 0
     np.testing.assert_allclose(table["area"].to_numpy(float), np.bincount(segmented.ravel())[1:])
-    assert "objects" in (res / "logs/segment/predict_000.log").read_text()
+    # every long step's log ends with one summary line: throughput and time
+    summary = re.compile(r"INFO unetpipe: (\w+): .*; [\d.]+ (?:[kMG]?voxels|it)/s in "
+                         r"[\d.]+ (?:s|min)")
+    for log in ["preprocess/train_000", "targets/train_001", "train", "predict/predict_000",
+                "segment/predict_000"]:
+        last = (res / "logs" / f"{log}.log").read_text().strip().splitlines()[-1]
+        assert summary.search(last) and summary.search(last)[1] == log.split("/")[0], last
+    assert f" {segmented.max()} objects " in last
     # evaluation against the demo's ground truth
     truth = read_labels(res / "preprocessed/predict_000.ome.zarr/labels/gt").data.compute()
     saved = json.loads((res / "metrics/predict_000.json").read_text())
@@ -157,8 +171,9 @@ def test_real_run_then_nothing_to_do(tmp_path):
     plan = snakemake(tmp_path, "-n", "--cores", "2")
     assert plan.returncode == 0, plan.stderr
     assert job_table(plan.stdout) == {"preprocess": 1, "targets": 1, "train": 1, "predict": 1,
-                                      "segment": 1, "evaluate": 1, "summarize": 1, "all": 1,
-                                      "total": 8}
+                                      "segment": 1, "evaluate": 1, "summarize": 1,
+                                      "report_overlay": 1, "report_metrics": 1,
+                                      "report_runtimes": 1, "all": 1, "total": 11}
     assert "results/targets/curated-fix1.zarr" in plan.stdout
 
 

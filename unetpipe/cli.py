@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -69,6 +70,25 @@ SYNTH_KEYS = (
 )
 
 
+def _duration(seconds: float) -> str:
+    """``12.3 s``, ``4 min 05 s`` or ``2 h 03 min``, for the summary lines."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _rate(voxels: float, seconds: float) -> str:
+    """Throughput in voxels per second, with an SI prefix."""
+    per_second = voxels / seconds if seconds > 0 else 0.0
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if per_second >= factor:
+            return f"{per_second / factor:.3g} {prefix}voxels/s"
+    return f"{per_second:.3g} voxels/s"
+
+
 def _set_threads(threads: int | None) -> None:
     import dask
 
@@ -105,12 +125,13 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
         chunks=pre["chunks"], pyramid_levels=pre["pyramid_levels"],
         name=sample_name(args.image), progress=not args.quiet,
     )
-    labels = f", labels up to id {result.n_labels_max}" if result.n_labels_max else ""
+    labels = f"; labels up to id {result.n_labels_max}" if result.n_labels_max else ""
     log.info(
-        "preprocess: %s -> %s: shape %s (%s), spacing %s, p_low %s, p_high %s%s, %.1f s",
+        "preprocess: %s -> %s: shape %s (%s), spacing %s, p_low %s, p_high %s%s; %s in %s",
         args.image, args.output, "x".join(map(str, result.shape)), result.axes,
         list(result.spacing), [round(v, 4) for v in result.low],
-        [round(v, 4) for v in result.high], labels, result.seconds,
+        [round(v, 4) for v in result.high], labels,
+        _rate(math.prod(result.shape), result.seconds), _duration(result.seconds),
     )
 
 
@@ -125,9 +146,9 @@ def cmd_targets(args: argparse.Namespace) -> None:
     counts = ", ".join(f"{c}" for c in result.class_counts)
     weights = ", ".join(f"{w:.3g}" for w in result.class_weights)
     log.info("targets: %s -> %s: shape %s, %s, pixels per class [%s], class weights [%s], "
-             "largest weight %.3g, %.1f s", args.store, args.output,
+             "largest weight %.3g; %s in %s", args.store, args.output,
              "x".join(map(str, result.shape)), cfg["mode"], counts, weights, result.weight_max,
-             result.seconds)
+             _rate(math.prod(result.shape), result.seconds), _duration(result.seconds))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -148,10 +169,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     best = ("no validation images; kept the last weights" if result.best_ap is None else
             f"best validation AP@0.5 {result.best_ap:.3f} at iteration {result.best_iteration}")
     log.info("train: %s: %d iterations (%d this run, stopped by the %s budget) on %s, "
-             "%.2f it/s, final loss %s; %s", args.output, result.iterations,
+             "final loss %s; %s; %.2f it/s in %s", args.output, result.iterations,
              result.iterations - result.start_iteration, result.stopped_by, result.device,
-             result.iterations_per_second,
-             "n/a" if result.final_loss is None else f"{result.final_loss:.4f}", best)
+             "n/a" if result.final_loss is None else f"{result.final_loss:.4f}", best,
+             result.iterations_per_second, _duration(result.seconds))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -167,15 +188,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
         processes=cfg["processes"], resume=cfg["resume"], progress=not args.quiet,
         dask_slurm=config["dask_slurm"],
     )
-    log.info("predict: %s: classes %s, %d blocks of %s (%d computed, %d skipped as empty, "
-             "%d done before) on %s, %.3g voxels/s", result.output, ", ".join(result.classes),
-             result.blocks, "x".join(map(str, result.block)), result.computed, result.skipped,
-             result.resumed, result.device, result.voxels_per_second)
+    log.info("predict: %s: shape %s, classes %s, %d blocks of %s (%d computed, %d skipped as "
+             "empty, %d done before) on %s; %s in %s", result.output,
+             "x".join(map(str, result.shape)), ", ".join(result.classes), result.blocks,
+             "x".join(map(str, result.block)), result.computed, result.skipped, result.resumed,
+             result.device, _rate(result.voxels_per_second, 1.0), _duration(result.seconds))
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
     from .segment import SegmentParams, segment_store
 
+    t0 = time.perf_counter()
     config = config_from_args(args)
     cfg = config["segment"]
     params = SegmentParams(method=cfg["method"], threshold=cfg["threshold"],
@@ -190,15 +213,29 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if args.table:
         from .measure import measure_store, write_table
 
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         table = measure_store(args.output, image_path=args.image,
                               probabilities_path=args.probabilities, threads=args.threads,
                               progress=not args.quiet)
         write_table(table, args.table)
         log.info("measure: %s -> %s: %d objects, %d columns, %.1f s", args.output, args.table,
-                 len(table), len(table.columns), time.perf_counter() - t0)
-    log.info("segment: %s: %d objects (%s) in %.1f s", result.output, result.objects,
-             result.dtype, result.seconds)
+                 len(table), len(table.columns), time.perf_counter() - t1)
+    seconds = time.perf_counter() - t0
+    log.info("segment: %s: shape %s, %d objects (%s ids), %d blocks (%d done before), "
+             "%d merges across blocks%s; %s in %s", result.output,
+             "x".join(map(str, result.shape)), result.objects, result.dtype, result.blocks,
+             result.resumed, result.merges, ", measured" if args.table else "",
+             _rate(math.prod(result.shape), seconds), _duration(seconds))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    import json
+
+    from .checkpoint import load_checkpoint
+    from .describe import checkpoint_info, format_info
+
+    info = checkpoint_info(load_checkpoint(args.checkpoint), path=args.checkpoint)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -230,6 +267,22 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     pooled = table.iloc[-1]
     log.info("summarize: %d sample(s) -> %s; pooled F1 %.3f, mean AP %.3f",
              len(table) - 1, args.output, pooled["f1"], pooled["mean_ap"])
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .bioimageio import export_model
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = export_model(args.checkpoint, args.output, image=args.image, name=args.name,
+                          description=args.description, authors=args.author,
+                          license=args.license, weights=args.weights,
+                          test_shape=args.test_shape, validate=not args.no_validate)
+    log.info("export: %s -> %s: weights %s, test input %s; %s; in %s", args.checkpoint,
+             result.output, ", ".join(result.weight_formats), "x".join(map(str, result.test_shape)),
+             result.validation, _duration(result.seconds))
 
 
 def _unetpipe_attrs(path: str) -> dict:
@@ -264,6 +317,39 @@ def cmd_config(args: argparse.Namespace) -> None:
             print(f"# {s.name}: {','.join(s.roles)}  {s.image}  labels={s.labels}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    import json
+
+    from . import report
+
+    what = args.report_command
+    if what == "overlay":
+        out = report.write_overlay(args.image, args.labels, args.output, truth_path=args.truth,
+                                   metrics_path=args.metrics, sample=args.sample,
+                                   crop=args.crop)
+    elif what == "weightmap":
+        out = report.write_weightmap(args.targets, args.image, args.output, crop=args.crop,
+                                     sample=args.sample)
+    elif what == "runtimes":
+        try:
+            templates = report.parse_templates(args.rule)
+        except ValueError as e:
+            raise ConfigError(f"--rule: {e}") from None
+        table = report.write_runtimes(args.benchmarks, args.html, args.png, templates=templates)
+        out = f"{args.html}, {args.png} ({len(table)} rules, {int(table['jobs'].sum())} jobs)"
+    elif what == "metrics":
+        out = report.write_metrics_html(args.summary, args.output)
+    else:
+        from .config import load_config
+
+        try:
+            cfg = json.loads(args.json) if args.json else load_config(args.configfile)
+        except ValueError as e:
+            raise ConfigError(f"--json: not a JSON object ({e})") from None
+        out = report.write_config_html(cfg, args.output)
+    log.info("report %s: wrote %s", what, out)
+
+
 # --- parser -----------------------------------------------------------------------
 
 
@@ -278,7 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unetpipe",
         description="Segment cells and nuclei in microscopy images and stacks with a U-Net. "
                     "The Snakemake workflow chains these commands; run them by hand to "
-                    "process single files.",
+                    "process single files. 'unetpipe COMMAND --help' lists a command's "
+                    "options.",
+        epilog="Every configuration option of a command is a key of the workflow's "
+               "config.yaml (its help names the key and the default); the same values "
+               "can come from a config file with --configfile, and options given on the "
+               "command line win. Keys only the workflow uses: data.train, data.val, "
+               "data.predict (images and labels), data.curated, results, "
+               "predict.checkpoint. 'unetpipe config' prints every key with its value.",
     )
     parser.add_argument("--version", action="version", version=f"unetpipe {__version__}")
     parser.add_argument("--debug", action="store_true",
@@ -395,6 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, (*SEGMENT_KEYS, *DASK_SLURM_KEYS))
     p.set_defaults(func=cmd_segment)
 
+    p = sub.add_parser("info", help="Show what a checkpoint holds.",
+                       description="Print what a checkpoint holds: the architecture (with its "
+                                   "receptive field and the smallest input), the target "
+                                   "classes and weight-map settings, the training data "
+                                   "(samples, spacing, channels, normalisation), the training "
+                                   "run and the validation metrics.")
+    p.add_argument("checkpoint", help="Checkpoint, e.g. results/model/checkpoint_best.pt.")
+    p.add_argument("--json", action="store_true", help="Print it as JSON.")
+    p.set_defaults(func=cmd_info)
+
     p = sub.add_parser("evaluate", help="Score instance labels against ground truth.",
                        description="Match predicted and true objects one to one by IoU "
                                    "(optimal assignment, IoU >= t for t = 0.50, 0.55, ..., "
@@ -418,6 +521,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("metrics", nargs="+", help="Metrics JSON files.")
     p.set_defaults(func=cmd_summarize)
 
+    p = sub.add_parser("export", help="Write a checkpoint as a bioimage.io model package "
+                                      "(.zip).",
+                       description="Export a trained checkpoint (same padding) to the "
+                                   "bioimage.io model format: rdf.yaml, the weights as a state "
+                                   "dict and as TorchScript, the preprocessing as bioimage.io "
+                                   "operations (percentile scale_range, clip), a raw test input "
+                                   "with the probabilities the model gives for it, a README and "
+                                   "a cover image. When bioimageio.spec and bioimageio.core "
+                                   "are installed, the package is validated and test-run "
+                                   "before it is put in place. unetpipe predicts with the "
+                                   "package as with the checkpoint (unetpipe predict "
+                                   "model.zip ...).")
+    p.add_argument("checkpoint", help="Checkpoint, e.g. results/model/checkpoint_best.pt.")
+    p.add_argument("output", help="Package to write, e.g. results/model/model.zip.")
+    p.add_argument("--image", metavar="PATH",
+                   help="Raw image (TIFF, Zarr, OME-Zarr) to crop the test input from "
+                        "(default: a synthetic nuclei image).")
+    p.add_argument("--name", help="Model name (default: from the model and its classes).")
+    p.add_argument("--description", help="One-line description of the model.")
+    p.add_argument("--author", action="append", metavar="NAME",
+                   help="Author name; repeat for several (default: the current user).")
+    p.add_argument("--license", default="CC-BY-4.0", metavar="SPDX",
+                   help="SPDX license identifier of the model (default: %(default)s).")
+    p.add_argument("--weights", nargs="+", default=["pytorch_state_dict", "torchscript"],
+                   choices=["pytorch_state_dict", "torchscript"], metavar="FORMAT",
+                   help="Weight formats to include: pytorch_state_dict (always included), "
+                        "torchscript (default: both).")
+    p.add_argument("--test-shape", nargs="+", type=int, metavar="N",
+                   help="Spatial shape of the test input, one value per axis, rounded down "
+                        "to the network's pooling grid (default: 256 256, or 16 128 128 "
+                        "in 3D).")
+    p.add_argument("--no-validate", action="store_true",
+                   help="Do not validate and test-run the package with bioimageio.core.")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="Torch CPU threads (default: one per core).")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("config", help="Validate a config file and print it with defaults.",
                        description="Validate a config file against the schema and print the "
                                    "complete config, every default filled in.")
@@ -425,6 +565,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Config file (default: the built-in defaults).")
     p.add_argument("--samples", action="store_true", help="Also list the sample table.")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("report", help="Figures and tables for `snakemake --report`.",
+                       description="Write one item of the workflow's report: a sample's "
+                                   "outlines over its image (PNG), the weight-map figure (PNG), "
+                                   "the runtime and memory of every rule (HTML and PNG), the "
+                                   "evaluation table (HTML) or the config (HTML).")
+    rsub = p.add_subparsers(dest="report_command", metavar="ITEM", required=True)
+    r = rsub.add_parser("overlay", help="Predicted (and true) outlines over the image: the "
+                                        "whole image, coarse, and a full-resolution crop.")
+    r.add_argument("image", help="Preprocessed store, e.g. results/preprocessed/NAME.ome.zarr.")
+    r.add_argument("labels", help="Label store, e.g. results/labels/NAME.ome.zarr.")
+    r.add_argument("output", help="Output PNG.")
+    r.add_argument("--truth", metavar="STORE", help="Ground-truth labels, e.g. "
+                                                    "IMAGE/labels/gt.")
+    r.add_argument("--metrics", metavar="JSON", help="The sample's metrics (unetpipe "
+                                                     "evaluate), for the title.")
+    r.add_argument("--sample", metavar="NAME", help="Name in the title.")
+    r.add_argument("--crop", type=int, default=256, metavar="N",
+                   help="Side of the full-resolution crop (default: 256).")
+    r = rsub.add_parser("weightmap", help="A training sample's targets and weight map.")
+    r.add_argument("targets", help="Targets store, e.g. results/targets/NAME.zarr.")
+    r.add_argument("image", help="Its preprocessed store (with labels/gt).")
+    r.add_argument("output", help="Output PNG.")
+    r.add_argument("--sample", metavar="NAME", help="Name in the title.")
+    r.add_argument("--crop", type=int, default=128, metavar="N",
+                   help="Side of the crop (default: 128).")
+    r = rsub.add_parser("runtimes", help="Wall time, CPU time and peak memory per rule, from "
+                                         "Snakemake's benchmark files.")
+    r.add_argument("benchmarks", help="Folder of benchmark TSV files, e.g. results/benchmarks.")
+    r.add_argument("html", help="Output HTML table.")
+    r.add_argument("png", help="Output PNG chart.")
+    r.add_argument("--rule", nargs="*", default=[], metavar="RULE=PATH",
+                   help="A rule's benchmark path with wildcards, e.g. "
+                        "preprocess=results/benchmarks/preprocess/{sample}.tsv (default: the "
+                        "rule is the file's folder, or its name).")
+    r = rsub.add_parser("metrics", help="The evaluation summary as an HTML table.")
+    r.add_argument("summary", help="summary.csv of unetpipe summarize.")
+    r.add_argument("output", help="Output HTML.")
+    r = rsub.add_parser("config", help="The resolved config as an HTML page.")
+    r.add_argument("output", help="Output HTML.")
+    r.add_argument("--json", metavar="TEXT", help="The config as JSON (the workflow passes its "
+                                                  "validated config).")
+    _add_common(r)
+    p.set_defaults(func=cmd_report)
     return parser
 
 

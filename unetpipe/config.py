@@ -328,6 +328,15 @@ def _parse_option(tokens: list[str], sub: Mapping) -> Any:
     return [_parse_token(t, sub.get("items", {})) for t in tokens]
 
 
+def _metavar(sub: Mapping) -> str:
+    """What an option takes, from its schema: ``{a,b}``, ``INT``, ``NUM``, ``TEXT``."""
+    if "enum" in sub:
+        return "{" + ",".join("null" if v is None else str(v) for v in sub["enum"]) + "}"
+    types = [t for t in _types(sub) if t != "null"]
+    names = {"boolean": "{true,false}", "integer": "INT", "number": "NUM", "string": "TEXT"}
+    return names.get(types[0], "VALUE") if len(types) == 1 else "VALUE"
+
+
 def add_config_options(parser: argparse.ArgumentParser, keys: Iterable[str]) -> None:
     """Add one option per config key, with the schema's description as help."""
     group = parser.add_argument_group("configuration (each option is a config key)")
@@ -340,11 +349,11 @@ def add_config_options(parser: argparse.ArgumentParser, keys: Iterable[str]) -> 
         seen[opt] = key
         is_array = "array" in _types(sub)
         default = sub.get("default")
-        shown = "null" if default is None else default
+        shown = default if isinstance(default, str) else json.dumps(default)
         group.add_argument(
             opt,
             dest=f"cfg:{key}",
-            metavar="VALUE",
+            metavar=_metavar(sub.get("items", {}) if is_array else sub),
             nargs="+" if is_array else None,
             default=argparse.SUPPRESS,
             # argparse formats help with %: a literal percent sign must be doubled
