@@ -155,14 +155,19 @@ def test_predict_store_with_the_package_equals_the_checkpoint(exported, tmp_path
     image = np.random.default_rng(1).random((1, 40, 36)).astype(np.float32)
     write_ome_zarr(tmp_path / "in.ome.zarr", image, axes="cyx", spacing=(0.5, 0.5),
                    unit="micrometer", chunks=(16, 16))
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(package) as zf:
+        zf.extractall(unpacked)
     probs = []
-    for name, source in (("pt", ckpt), ("zip", package)):
+    for name, source in (("pt", ckpt), ("zip", package), ("folder", unpacked),
+                         ("rdf", unpacked / "rdf.yaml")):
         out = tmp_path / f"{name}.ome.zarr"
         predict_store(source, tmp_path / "in.ome.zarr", out, block=(16, 16), threads=1,
                       progress=False)
         probs.append(np.asarray(zarr.open_array(os.path.join(out, "0"), mode="r")[...]))
     assert probs[0].shape == (3, 40, 36)
-    np.testing.assert_allclose(probs[1], probs[0], atol=1e-6)
+    for other in probs[1:]:
+        np.testing.assert_allclose(other, probs[0], atol=1e-6)
 
 
 def test_torchscript_weights_reproduce_the_model_at_any_valid_size(exported):
@@ -331,3 +336,20 @@ def test_without_bioimageio_the_package_is_written_with_a_warning(exported, tmp_
     assert result.validation == "not validated (bioimageio.spec not installed)"
     assert "was not validated" in caplog.text and (tmp_path / "m.zip").is_file()
     assert import_model(tmp_path / "m.zip")["model"]["config"] == exported[1].config
+
+
+def test_the_packages_readme_gives_commands_unetpipe_accepts(exported):
+    import shlex
+
+    from unetpipe.cli import build_parser
+
+    _, _, package, _ = exported
+    with zipfile.ZipFile(package) as zf:
+        readme = zf.read("README.md").decode()
+    commands = [line for line in readme.splitlines()
+                if line.startswith("unetpipe ") and line.split()[1] in ("preprocess", "predict", "segment")]
+    assert [c.split()[1] for c in commands] == ["preprocess", "predict", "segment"]
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])  # exits on a bad option
+        if args.command == "preprocess":
+            assert args.__dict__["cfg:preprocess.percentiles"] == ["1", "99.8"]

@@ -185,6 +185,9 @@ def _test_input(ckpt: dict, image, test_shape, *, grid: tuple[int, ...]) -> np.n
     if len(shape) != ndim:
         raise ConfigError(f"test shape {list(shape)} must have {ndim} values for a {ndim}D "
                           "model")
+    if any(s < g for s, g in zip(shape, grid, strict=True)):
+        raise ConfigError(f"test shape {list(shape)} is smaller than the network's smallest "
+                          f"input {list(grid)}")
     if image is None:
         from .synth import synthetic_nuclei
 
@@ -298,7 +301,7 @@ objects (or a seeded watershed), then size filtering and hole filling.
 ## Use with unetpipe
 
 ```
-unetpipe preprocess image.tif image.ome.zarr --preprocess.percentiles {percentiles[0]:g} {percentiles[1]:g}
+unetpipe preprocess image.tif image.ome.zarr --percentiles {percentiles[0]:g} {percentiles[1]:g}{' --clip true' if clip else ''}
 unetpipe predict model.zip image.ome.zarr probabilities.ome.zarr
 unetpipe segment probabilities.ome.zarr labels.ome.zarr
 ```

@@ -240,7 +240,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_store, write_metrics
+    from .io import read_labels
 
+    t0 = time.perf_counter()
     truth = args.truth
     gt = os.path.join(truth, "labels", "gt")
     if os.path.isdir(gt):  # a preprocessed store: its ground truth
@@ -254,10 +256,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_metrics(args.output, scores, sample=args.sample or _stem(args.labels),
                   extra={"labels": os.path.abspath(args.labels), "truth": os.path.abspath(truth)})
     tp, fp, fn = scores.counts(0.5)
+    seconds = time.perf_counter() - t0
+    voxels = math.prod(read_labels(args.labels).data.shape)  # lazy: the shape only
     log.info("evaluate: %s vs %s: %d true, %d predicted objects; at IoU 0.5 TP %d FP %d FN %d, "
-             "AP %.3f, F1 %.3f; mean AP %.3f, PQ %.3f, SEG %.3f -> %s", args.labels, truth,
-             scores.n_true, scores.n_pred, tp, fp, fn, scores.ap(0.5), scores.f1(0.5),
-             scores.mean_ap, scores.panoptic_quality, scores.seg, args.output)
+             "AP %.3f, F1 %.3f; mean AP %.3f, PQ %.3f, SEG %.3f -> %s; %s in %s", args.labels,
+             truth, scores.n_true, scores.n_pred, tp, fp, fn, scores.ap(0.5), scores.f1(0.5),
+             scores.mean_ap, scores.panoptic_quality, scores.seg, args.output,
+             _rate(voxels, seconds), _duration(seconds))
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:

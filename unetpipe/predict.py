@@ -431,6 +431,12 @@ def _run_blocks(job: _Job, indices: Sequence[tuple[int, ...]]) -> tuple[int, int
 
 
 def _sha256(path: str) -> str:
+    if os.path.isdir(path):
+        # an unpacked bioimage.io model: its description pins the weights' sha256
+        from .bioimageio import RDF_NAMES
+
+        path = next((os.path.join(path, n) for n in RDF_NAMES
+                     if os.path.isfile(os.path.join(path, n))), path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for piece in iter(lambda: f.read(1 << 20), b""):

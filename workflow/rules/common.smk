@@ -7,6 +7,7 @@ import re
 import shlex
 import sys
 
+from snakemake.io import strip_wildcard_constraints
 from snakemake.utils import min_version, validate
 
 min_version("8.20")
@@ -174,7 +175,9 @@ def report_options(wildcards, input):
 def benchmark_templates():
     """RULE=PATH of every rule's benchmark file, so the runtime table names rules
     exactly (summarize writes to benchmarks/evaluate/, for one)."""
-    return [f"{r.name}={r.benchmark}" for r in workflow.rules if r.benchmark]
+    # without the wildcard constraints, which list every sample name
+    return [f"{r.name}={strip_wildcard_constraints(str(r.benchmark))}"
+            for r in workflow.rules if r.benchmark]
 
 
 def all_outputs(*, runtimes=True):
