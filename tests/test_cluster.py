@@ -135,7 +135,7 @@ def test_workflow_runs_every_job_on_slurm_and_matches_a_local_run(slurm, tmp_pat
                          (on_slurm / ".snakemake/slurm_logs").rglob("*.log"))
     assert proc.returncode == 0, out[-6000:] + job_logs + slurm.logs()
 
-    # every job but the local rules (all, summarize) went to SLURM: its id is
+    # every job but the local rules (all, summarize, the report's tables) went to SLURM: its id is
     # in Snakemake's output, its log under .snakemake/slurm_logs/rule_*/, and
     # squeue still knows it as completed
     submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", out))
@@ -148,8 +148,9 @@ def test_workflow_runs_every_job_on_slurm_and_matches_a_local_run(slurm, tmp_pat
     on_cluster = sorted(rule for job, (rule, is_local) in rule_of.items() if not is_local)
     assert sorted(rule_of[j][0] for j in submitted) == on_cluster
     assert sorted(set(on_cluster)) == ["demo_data", "evaluate", "predict", "preprocess",
-                                       "segment", "targets", "train"]
-    assert len(submitted) == 11, submitted  # 13 jobs, less the local rules
+                                       "report_overlay", "report_weightmap", "segment",
+                                       "targets", "train"]
+    assert len(submitted) == 13, submitted  # 18 jobs, less the 5 local rules
     logs = {p.stem: p for p in (on_slurm / ".snakemake/slurm_logs").rglob("*.log")}
     states = {j["id"]: j["state"] for j in slurm.jobs()}
     for job, slurm_id in submitted.items():
