@@ -67,10 +67,9 @@ class UNetProbabilities(UNet):
 
     Notes
     -----
-    ``forward`` skips the shape checks and the skip-connection crops of
-    :meth:`UNet.forward` (nothing to crop with same padding), so that
-    ``torch.jit.trace`` records no Python shape logic and the traced module
-    accepts any valid input size.
+    ``forward`` skips the shape checks of :meth:`UNet.forward` (and a
+    same-padding U-Net crops nothing), so that ``torch.jit.trace`` records
+    no Python shape logic and the traced module accepts any valid input size.
     """
 
     def __init__(self, **kwargs):
@@ -80,15 +79,7 @@ class UNetProbabilities(UNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities, Tensor of shape (N, out_channels, *S), for x of shape (N, C, *S)."""
-        skips = []
-        for block, pool in zip(self.down, self.pools, strict=True):
-            x = block(x)
-            skips.append(x)
-            x = pool(x)
-        x = self.dropout(self.bottleneck(x))
-        for up, block, skip in zip(self.ups, self.up_blocks, reversed(skips), strict=True):
-            x = block(torch.cat([skip, up(x)], dim=1))
-        return torch.softmax(self.head(x).float(), dim=1)
+        return torch.softmax(self._forward_unchecked(x).float(), dim=1)
 
 
 @dataclass(frozen=True)

@@ -711,7 +711,9 @@ class UNet(nn.Module):
         x = self.dropout(self.bottleneck(x))
         for up, block, skip in zip(self.ups, self.up_blocks, reversed(skips), strict=True):
             x = up(x)
-            x = block(torch.cat([center_crop(skip, x.shape[2:]), x], dim=1))
+            if self._config["padding"] == "valid":  # with same padding, the shapes agree
+                skip = center_crop(skip, x.shape[2:])
+            x = block(torch.cat([skip, x], dim=1))
         return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
