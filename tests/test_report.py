@@ -64,10 +64,10 @@ def test_best_window_equals_brute_force():
     assert report.best_window(np.zeros((8, 8)), (3, 3)) == (0, 0)
 
 
-def test_border_term_removes_the_class_weights():
+def test_border_from_weights_removes_the_class_weights():
     targets = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
     weights = np.array([[0.5 + 3, 2.0, 6.0], [6.0 + 1, 2.0, 0.5]], np.float32)
-    np.testing.assert_allclose(report.border_term(targets, weights, [0.5, 2.0, 6.0]),
+    np.testing.assert_allclose(report.border_from_weights(targets, weights, [0.5, 2.0, 6.0]),
                                [[3, 0, 0], [1, 0, 0]])
 
 

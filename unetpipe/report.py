@@ -1,7 +1,7 @@
 """Figures and tables for ``snakemake --report``.
 
 The pure functions compose arrays and tables (:func:`overlay_rgb`,
-:func:`best_window`, :func:`border_term`, :func:`runtime_table`, the
+:func:`best_window`, :func:`border_from_weights`, :func:`runtime_table`, the
 ``*_html`` functions); the ``write_*`` functions read the stores lazily
 (a coarse pyramid level and one full-resolution crop, never a whole stack)
 and write PNG or HTML files atomically. Snakemake's HTML report shows PNG
@@ -168,8 +168,12 @@ def best_window(score, size: Sequence[int]) -> tuple[int, int]:
     return int(y), int(x)
 
 
-def border_term(targets, weights, class_weights: Sequence[float]) -> np.ndarray:
-    """The border term B of a weight map: the weights less their class weights.
+def border_from_weights(targets, weights, class_weights: Sequence[float]) -> np.ndarray:
+    """The border term B of a stored weight map: the weights less their class weights.
+
+    (:func:`unetpipe.weights.border_term` computes B from the labels; here it
+    is read back from what the targets stage wrote, with no distance
+    transforms.)
 
     Parameters
     ----------
@@ -710,7 +714,7 @@ def write_weightmap(targets_path, image_path, out, *, crop: int = 128,
     classes = list(attrs.get("classes") or [str(i) for i in range(int(t_plane.max()) + 1)])
     class_weights = attrs.get("class_weights") or [1.0] * len(classes)
     size = (min(crop, t_plane.shape[0]), min(crop, t_plane.shape[1]))
-    y0, x0 = best_window(border_term(t_plane, w_plane, class_weights), size)
+    y0, x0 = best_window(border_from_weights(t_plane, w_plane, class_weights), size)
     region = (slice(y0, y0 + size[0]), slice(x0, x0 + size[1]))
     z = 0.5 if ndim == 3 else None
     image = np.asarray(_plane(_levels(image_path), 0, ndim=ndim, z=z)[region])
