@@ -1,6 +1,6 @@
 """The demo's training data, built in a folder for the training benchmarks.
 
-Writes the demo TIFFs (:func:`unetpipe.demo.write_demo` with the config's
+Writes the demo TIFFs (:func:`unetpipe.inputs.demo.write_demo` with the config's
 demo defaults), preprocesses them and computes their targets, exactly as the
 workflow does, and returns the stores. Targets are cached per ``(mode, w0)``.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from unetpipe.config import defaults
-from unetpipe.demo import demo_manifest, write_demo
-from unetpipe.preprocess import preprocess_file
-from unetpipe.targets import write_targets
+from unetpipe.core.config import defaults
+from unetpipe.inputs.demo import demo_manifest, write_demo
+from unetpipe.stages.preprocess import preprocess_file
+from unetpipe.stages.targets import write_targets
 
 
 def demo_training_data(folder: str | os.PathLike, *, mode: str = "two_class", w0: float = 10.0,

@@ -40,8 +40,7 @@ CACHE = Path(os.environ.get("UNETPIPE_BENCH_CACHE", "/tmp/unetpipe-bench"))
 def synthetic_stack(shape, path: Path) -> Path:
     """A smooth pattern with noise and blobs, written chunk by chunk (cached)."""
     import dask.array as da
-
-    from unetpipe.io import write_ome_zarr
+    from unetpipe.io.images.images import write_ome_zarr
 
     if (path / "zarr.json").exists():
         return path
@@ -67,8 +66,8 @@ def synthetic_stack(shape, path: Path) -> Path:
 def small_model(path: Path) -> Path:
     import torch
 
-    from unetpipe.checkpoint import FORMAT, VERSION, save_checkpoint
-    from unetpipe.model import UNet
+    from unetpipe.nn.checkpoint import FORMAT, VERSION, save_checkpoint
+    from unetpipe.nn.model import UNet
 
     torch.manual_seed(0)
     model = UNet(ndim=3, in_channels=1, out_channels=2, depth=1, features=2, norm="batch")

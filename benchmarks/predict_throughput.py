@@ -1,6 +1,6 @@
 """Prediction throughput: the chunked Zarr-to-Zarr pipeline against the bare network.
 
-Ratio = voxels per second of :func:`unetpipe.predict.predict_store` with the
+Ratio = voxels per second of :func:`unetpipe.stages.predict.predict_store` with the
 default settings (windows of block + halo read lazily from a preprocessed
 OME-Zarr store, mirror-padded, batched through the network by Dask threads,
 softmax, cropped, written to the output store and recorded for resume;
@@ -38,13 +38,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from unetpipe.io.images.images import write_ome_zarr
 
-from unetpipe.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_checkpoint
-from unetpipe.config import defaults
-from unetpipe.io import write_ome_zarr
-from unetpipe.model import UNet
-from unetpipe.predict import block_origins, default_workers, predict_store, read_window, tiling
-from unetpipe.train import select_device
+from unetpipe.core.config import defaults
+from unetpipe.core.device import select_device
+from unetpipe.nn.checkpoint import FORMAT, VERSION, build_model, save_checkpoint
+from unetpipe.nn.model import UNet
+from unetpipe.nn.models import load_checkpoint
+from unetpipe.nn.tiles import block_origins, read_window, tiling
+from unetpipe.stages.predict import default_workers, predict_store
 
 
 def make_inputs(folder: str, size, config) -> tuple[str, str]:

@@ -152,7 +152,7 @@ def main() -> None:
 
         base_rss, _ = child_peak_rss_mb(
             [sys.executable, "-c",
-             "import dask.array, zarr, tifffile, numpy, unetpipe.preprocess, unetpipe.cli"])
+             "import dask.array, zarr, tifffile, numpy, unetpipe.stages.preprocess, unetpipe.cli"])
         rss, seconds = child_peak_rss_mb(
             [sys.executable, "-m", "unetpipe", "--quiet", "--log", os.path.join(work, "log"),
              "preprocess", stack, out, "--threads", str(args.threads)])

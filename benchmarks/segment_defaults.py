@@ -1,6 +1,6 @@
 """Which segmentation settings score best on the demo: the source of the defaults.
 
-Runs :func:`unetpipe.segment.segment_array` with a grid of settings on the
+Runs :func:`unetpipe.stages.instances.segment_array` with a grid of settings on the
 probabilities of the demo's prediction image (after ``snakemake --cores 2``)
 and scores each against the demo's ground truth: AP at IoU 0.5 and mean AP
 over IoU 0.50:0.95 (see README, "Evaluation metrics"). Prints the table,
@@ -20,10 +20,10 @@ from pathlib import Path
 
 def main() -> None:
     import zarr
+    from unetpipe.io.images.images import read_labels
 
-    from unetpipe.io import read_labels
-    from unetpipe.metrics import score
-    from unetpipe.segment import SegmentParams, segment_array
+    from unetpipe.stages.instances import SegmentParams, segment_array
+    from unetpipe.stages.metrics import score
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results")

@@ -4,8 +4,8 @@
     training targets blurred and made noisy, as a network gives them) is
     stored as OME-Zarr in 512 x 512 chunks, as ``unetpipe predict`` writes
     it. The whole-image version reads it into memory, runs
-    :func:`unetpipe.segment.segment_array` and writes the labels to a Zarr
-    store; the chunked version runs :func:`unetpipe.segment.segment_store`
+    :func:`unetpipe.stages.instances.segment_array` and writes the labels to a Zarr
+    store; the chunked version runs :func:`unetpipe.stages.segment.segment_store`
     (blocks, halos, stitching, the relabelling pass) on the same store, with
     one thread and with two. Alternating rounds; medians. Target: chunked /
     whole <= 1.3.
@@ -44,7 +44,7 @@ CACHE = Path(os.environ.get("UNETPIPE_BENCH_CACHE", "/tmp/unetpipe-bench"))
 def probabilities_from_labels(labels, *, sigma=1.0, noise=0.1, seed=0):
     from scipy import ndimage as ndi
 
-    from unetpipe.weights import targets_for_mode
+    from unetpipe.stages.weights import targets_for_mode
 
     targets = targets_for_mode(labels, "three_class")
     rng = np.random.default_rng(seed)
@@ -57,8 +57,7 @@ def probabilities_from_labels(labels, *, sigma=1.0, noise=0.1, seed=0):
 
 def create_store(path: Path, shape, chunks, spacing=None):
     import zarr
-
-    from unetpipe.io import set_multiscale_metadata
+    from unetpipe.io.images.images import set_multiscale_metadata
 
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     arr = root.create_array("0", shape=shape, chunks=chunks, dtype=np.float32, fill_value=0)
@@ -75,7 +74,7 @@ def map_2d(size: int) -> Path:
     path = CACHE / f"probabilities_{size}.ome.zarr"
     if (path / "zarr.json").exists():
         return path
-    from unetpipe.synth import synthetic_nuclei
+    from unetpipe.inputs.synth import synthetic_nuclei
 
     print(f"writing a {size} x {size} probability map to {path} ...", flush=True)
     _, labels = synthetic_nuclei((size, size), seed=11)
@@ -90,7 +89,8 @@ def map_2d(size: int) -> Path:
 def part_a(rounds: int) -> None:
     import zarr
 
-    from unetpipe.segment import SegmentParams, default_halo, segment_array, segment_store
+    from unetpipe.stages.instances import SegmentParams, default_halo, segment_array
+    from unetpipe.stages.segment import segment_store
 
     src = map_2d(4096)
     out = CACHE / "labels_a"
@@ -135,7 +135,7 @@ def stack_3d(shape) -> Path:
     path = CACHE / f"probabilities_{'x'.join(map(str, shape))}.ome.zarr"
     if (path / "zarr.json").exists():
         return path
-    from unetpipe.synth import synthetic_nuclei
+    from unetpipe.inputs.synth import synthetic_nuclei
 
     tile = (min(64, shape[0]), min(256, shape[1]), min(256, shape[2]))
     print(f"writing a {'x'.join(map(str, shape))} probability stack "

@@ -1,6 +1,6 @@
 """Training throughput: the real data pipeline against in-memory tensors.
 
-Ratio = iterations per second of :func:`unetpipe.train.train_model` with the
+Ratio = iterations per second of :func:`unetpipe.stages.train.train_model` with the
 default settings (patches read from the demo's Zarr stores by the prefetch
 thread, foreground-biased, augmented on the training device, checkpoints
 written) / iterations per second of the same model, loss and optimiser
@@ -28,11 +28,12 @@ import time
 import torch
 from demo_data import demo_training_data
 
-from unetpipe.config import defaults, validate_config
-from unetpipe.data import PatchSampler, open_training_sample
-from unetpipe.loss import SegmentationLoss
-from unetpipe.model import UNet
-from unetpipe.train import DEFAULT_PATCH, select_device, train_model
+from unetpipe.core.config import defaults, validate_config
+from unetpipe.core.device import select_device
+from unetpipe.nn.data import PatchSampler, open_training_sample
+from unetpipe.nn.loss import SegmentationLoss
+from unetpipe.nn.model import UNet
+from unetpipe.stages.train import DEFAULT_PATCH, train_model
 
 
 def limit_rate(train, config, iterations: int, device) -> float:

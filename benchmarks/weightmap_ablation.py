@@ -7,7 +7,7 @@ ground truth):
 
 - AP at IoU 0.5 of the instances (connected components of the cell class);
 - the fraction of touching ground-truth pairs that come out as two objects
-  (:func:`unetpipe.metrics.split_pairs`).
+  (:func:`unetpipe.stages.metrics.split_pairs`).
 
 Settings: ``w0 = 10`` (the paper's weight map) against ``w0 = 0`` (class
 balance only), in ``two_class`` mode (the paper's); ``--modes three_class``
@@ -30,15 +30,16 @@ import time
 import torch
 from demo_data import demo_training_data
 
-from unetpipe.checkpoint import build_model, load_checkpoint
-from unetpipe.config import defaults, validate_config
-from unetpipe.demo import demo_manifest, write_demo
-from unetpipe.instances import connected_instances
-from unetpipe.metrics import match, split_pairs
-from unetpipe.predict import predict_array
-from unetpipe.preprocess import preprocess_file
-from unetpipe.synth import touching_pairs
-from unetpipe.train import VAL_MIN_SIZE, load_val_image, train_model
+from unetpipe.core.config import defaults, validate_config
+from unetpipe.inputs.demo import demo_manifest, write_demo
+from unetpipe.inputs.synth import touching_pairs
+from unetpipe.nn.checkpoint import build_model
+from unetpipe.nn.models import load_checkpoint
+from unetpipe.nn.tiles import predict_array
+from unetpipe.stages.instances import connected_instances
+from unetpipe.stages.metrics import match, split_pairs
+from unetpipe.stages.preprocess import preprocess_file
+from unetpipe.stages.train import VAL_MIN_SIZE, load_val_image, train_model
 
 
 def score(model, stores, mode):

@@ -27,8 +27,8 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 
-from unetpipe.synth import random_nuclei_labels
-from unetpipe.weights import separation_targets, separation_weight_map
+from unetpipe.inputs.synth import random_nuclei_labels
+from unetpipe.stages.weights import separation_targets, separation_weight_map
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:

@@ -42,10 +42,10 @@ def main(argv=None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from unetpipe import review
-    from unetpipe._review_widget import ReviewWidget, camera_of
+    from unetpipe.core.layout import list_samples
+    from unetpipe.plugin.review_widget import ReviewWidget, camera_of
 
-    sample = args.sample or review.list_samples(args.results)[0]
+    sample = args.sample or list_samples(args.results)[0]
     viewer = napari.Viewer(title="unetpipe review", show=True)
     viewer.window._qt_window.resize(1600, 1000)
     widget = ReviewWidget(viewer, results=args.results)

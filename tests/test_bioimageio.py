@@ -10,20 +10,22 @@ import pytest
 import torch
 import yaml
 import zarr
+from unetpipe.io.images.images import write_ome_zarr, write_tiff
 
-from unetpipe.bioimageio import (
+from unetpipe.cli import main
+from unetpipe.core.errors import InputError, UnetpipeError
+from unetpipe.nn.bioimageio import (
     UNetProbabilities,
     declared_preprocessing,
     export_model,
     import_model,
 )
-from unetpipe.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_checkpoint
-from unetpipe.cli import main
-from unetpipe.errors import InputError, UnetpipeError
-from unetpipe.io import write_ome_zarr, write_tiff
-from unetpipe.model import UNet
-from unetpipe.predict import predict_array, predict_store
-from unetpipe.preprocess import percentile_normalize
+from unetpipe.nn.checkpoint import FORMAT, VERSION, build_model, save_checkpoint
+from unetpipe.nn.model import UNet
+from unetpipe.nn.models import load_checkpoint
+from unetpipe.nn.tiles import predict_array
+from unetpipe.stages.predict import predict_store
+from unetpipe.stages.preprocess import percentile_normalize
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
               pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")]
@@ -239,7 +241,7 @@ def test_package_validates_with_bioimageio(exported, tmp_path):
 
 
 def test_failed_validation_leaves_nothing(exported, tmp_path, monkeypatch):
-    import unetpipe.bioimageio as bio
+    import unetpipe.nn.bioimageio as bio
 
     def fail(package, weights):
         raise UnetpipeError(f"{package.name}: bioimage.io validation failed: broken")
@@ -309,7 +311,7 @@ def test_cli_export(exported, tmp_path, caplog):
     assert list(rdf["weights"]) == ["pytorch_state_dict"]
     assert read_npy(out, "test_input.npy").shape == (1, 1, 28, 20)
     # unetpipe info reads the package as it reads a checkpoint
-    from unetpipe.describe import checkpoint_info
+    from unetpipe.report.figures.describe import checkpoint_info
 
     info = checkpoint_info(load_checkpoint(out))
     assert info["bioimageio"]["name"] == "tiny nuclei"

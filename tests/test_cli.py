@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-
-from unetpipe.io import read_image, read_labels, write_tiff
+from unetpipe.io.images.images import read_image, read_labels, write_tiff
 
 
 def run(*args, cwd=None):
@@ -55,7 +54,7 @@ def test_every_config_key_is_an_option_with_its_schema_help_or_named_as_workflow
     import json
 
     from unetpipe.cli import build_parser
-    from unetpipe.config import key_schema, leaf_keys
+    from unetpipe.core.config import key_schema, leaf_keys
 
     parser = build_parser()
     commands = next(a for a in parser._actions
@@ -218,7 +217,7 @@ def test_synth_shape_mismatch_names_the_key(tmp_path):
 
 
 def test_targets_command(tmp_path):
-    from unetpipe.io import write_ome_zarr
+    from unetpipe.io.images.images import write_ome_zarr
 
     labels = np.zeros((40, 40), np.uint16)
     labels[5:20, 5:20] = 1

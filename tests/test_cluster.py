@@ -18,11 +18,12 @@ import torch
 import yaml
 import zarr
 from tiny_workflow import TINY as TINY_BASE
+from unetpipe.io.images.images import write_ome_zarr
 
-from unetpipe.io import write_ome_zarr
-from unetpipe.model import UNet
-from unetpipe.predict import DONE_DIR, partial_path, predict_store
-from unetpipe.segment import SegmentParams, segment_store
+from unetpipe.nn.model import UNet
+from unetpipe.stages.instances import SegmentParams
+from unetpipe.stages.predict import DONE_DIR, partial_path, predict_store
+from unetpipe.stages.segment import segment_store
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -39,7 +40,7 @@ TINY = {
 def _checkpoint(path, *, features=4):
     """A random network saved as training saves one (BatchNorm statistics
     randomised, so eval mode is not the identity)."""
-    from unetpipe.checkpoint import FORMAT, VERSION, save_checkpoint
+    from unetpipe.nn.checkpoint import FORMAT, VERSION, save_checkpoint
 
     torch.manual_seed(0)
     model = UNet(ndim=2, depth=2, features=features, out_channels=3).eval()

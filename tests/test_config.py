@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from unetpipe.cli import PREPROCESS_KEYS, SYNTH_KEYS, build_parser
-from unetpipe.config import (
+from unetpipe.core.config import (
     SCHEMA_PATH,
     add_config_options,
     cli_args,
@@ -20,7 +20,7 @@ from unetpipe.config import (
     load_schema,
     validate_config,
 )
-from unetpipe.errors import ConfigError
+from unetpipe.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,18 +2,18 @@
 
 import numpy as np
 import pytest
+from unetpipe.io.images.images import write_ome_zarr
 
-from unetpipe.data import (
+from unetpipe.core.errors import InputError
+from unetpipe.inputs.synth import random_nuclei_labels
+from unetpipe.nn.data import (
     FOREGROUND_CELL,
     PatchSampler,
     Prefetcher,
     _foreground_cells,
     open_training_sample,
 )
-from unetpipe.errors import InputError
-from unetpipe.io import write_ome_zarr
-from unetpipe.synth import random_nuclei_labels
-from unetpipe.targets import write_targets
+from unetpipe.stages.targets import write_targets
 
 
 def make_sample(tmp_path, labels, *, chunks, name="s"):

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from unetpipe.io.images.images import set_multiscale_metadata, write_ome_zarr
 
-from unetpipe.errors import ConfigError, InputError
-from unetpipe.evaluate import evaluate_store, summarize, summary_columns, write_metrics
-from unetpipe.io import set_multiscale_metadata, write_ome_zarr
-from unetpipe.metrics import DEFAULT_THRESHOLDS, Scores, pool_scores, score
+from unetpipe.core.errors import ConfigError, InputError
+from unetpipe.stages.evaluate import evaluate_store, summarize, summary_columns, write_metrics
+from unetpipe.stages.metrics import DEFAULT_THRESHOLDS, Scores, pool_scores, score
 
 
 def write_sample(folder, name, gt, *, chunks):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from unetpipe.instances import connected_instances
+from unetpipe.stages.instances import connected_instances
 
 
 def one_hot(classes, k):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unetpipe.loss import SegmentationLoss, soft_dice_loss, weighted_cross_entropy
+from unetpipe.nn.loss import SegmentationLoss, soft_dice_loss, weighted_cross_entropy
 
 
 def random_batch(shape=(2, 3, 5, 6), *, seed=0, pad=0):

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from unetpipe.io.images.images import read_image, read_labels, write_ome_zarr
 
-from unetpipe.errors import InputError
-from unetpipe.io import read_image, read_labels, write_ome_zarr
-from unetpipe.measure import (
+from unetpipe.core.errors import InputError
+from unetpipe.stages.measure import (
     block_measurements,
     combine_measurements,
     measure_store,

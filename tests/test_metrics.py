@@ -4,7 +4,7 @@ scores (optimal matching, PQ, SEG): against brute force and hand-made cases."""
 import numpy as np
 import pytest
 
-from unetpipe.metrics import (
+from unetpipe.stages.metrics import (
     DEFAULT_THRESHOLDS,
     average_precision,
     match,
@@ -240,7 +240,7 @@ def test_score_matches_an_exhaustive_search_over_one_to_one_matchings():
 
 
 def test_assignment_prefers_more_matches_to_a_larger_iou_sum():
-    from unetpipe.metrics import _assign
+    from unetpipe.stages.metrics import _assign
 
     # a chain p0 - g1 - p1 - g2 - p2 - g3: two good matches (g1-p1, g2-p2) or
     # three poor ones (g1-p0, g2-p1, g3-p2); the count comes first
@@ -279,7 +279,7 @@ def as_dicts(overlaps):
 def test_overlap_counts_chunk_by_chunk_against_brute_force(chunks, ids):
     import dask.array as da
 
-    from unetpipe.metrics import overlap_counts
+    from unetpipe.stages.metrics import overlap_counts
 
     rng = np.random.default_rng(sum(chunks))
     gt = rng.integers(0, ids[0], (30, 30)) * (rng.random((30, 30)) < 0.8)
@@ -295,7 +295,7 @@ def test_overlap_counts_chunk_by_chunk_against_brute_force(chunks, ids):
 def test_overlap_counts_takes_uint64_ids_beyond_int64_and_checks_shapes():
     import dask.array as da
 
-    from unetpipe.metrics import overlap_counts
+    from unetpipe.stages.metrics import overlap_counts
 
     gt = np.array([[1, 1, 0, 2]], np.uint64) * np.uint64(2**62)
     pred = np.array([[0, 3, 3, 3]], np.uint64) + np.uint64(2**64 - 4)
@@ -326,7 +326,7 @@ def test_score_on_dask_arrays_equals_score_on_numpy(seed):
 
 
 def test_score_overlaps_takes_a_mapping_or_arrays_and_counts_lonely_objects():
-    from unetpipe.metrics import score_overlaps
+    from unetpipe.stages.metrics import score_overlaps
 
     gt = np.array([[1, 1, 1, 1, 0, 2, 2, 0, 0]])
     pred = np.array([[5, 5, 5, 0, 0, 0, 0, 8, 8]])
@@ -358,7 +358,7 @@ def test_score_overlaps_takes_a_mapping_or_arrays_and_counts_lonely_objects():
 def test_scores_round_trip_through_json_and_pool_from_dicts():
     import json
 
-    from unetpipe.metrics import Scores
+    from unetpipe.stages.metrics import Scores
 
     rng = np.random.default_rng(5)
     scores = []

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from unetpipe.model import (
+from unetpipe.nn.model import (
     UNet,
     anisotropic_pooling,
     border,

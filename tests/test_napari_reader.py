@@ -15,17 +15,23 @@ import pytest
 import zarr
 from numpy.testing import assert_array_equal
 from test_segment import probabilities_from_labels, write_probabilities
+from unetpipe.io.images.images import (
+    read_image,
+    set_multiscale_metadata,
+    write_ome_zarr,
+    write_tiff,
+)
 
-from unetpipe.io import read_image, set_multiscale_metadata, write_ome_zarr, write_tiff
-from unetpipe.preprocess import preprocess_file
-from unetpipe.segment import SegmentParams, segment_store
-from unetpipe.synth import synthetic_nuclei
-from unetpipe.targets import write_targets
+from unetpipe.inputs.synth import synthetic_nuclei
+from unetpipe.stages.instances import SegmentParams
+from unetpipe.stages.preprocess import preprocess_file
+from unetpipe.stages.segment import segment_store
+from unetpipe.stages.targets import write_targets
 
 pytestmark = pytest.mark.napari
 
 napari = pytest.importorskip("napari")
-from unetpipe._reader import napari_get_reader, store_kind  # noqa: E402
+from unetpipe.plugin.reader import napari_get_reader, store_kind  # noqa: E402
 
 
 def make_results(root: Path, *, shape, spacing, chunks, seed, samples=("a",)):
@@ -295,7 +301,7 @@ def test_a_big_store_opens_in_seconds_without_reading_pixels(tmp_path, make_napa
 
 # --- the manifest ------------------------------------------------------------------------
 
-OURS = ("unetpipe.get_reader", "unetpipe.touching_cells", "unetpipe.segment")
+OURS = ("unetpipe.get_reader", "unetpipe.touching_cells", "unetpipe.stages.segment")
 
 
 def test_manifest_commands_of_the_reader_sample_and_segment_widget_import():

@@ -13,10 +13,12 @@ pytest.importorskip("pytestqt")
 
 from qtpy.QtCore import QItemSelectionModel, Qt
 from test_review import chunk_files, labels_2d, labels_3d, make_results
+from unetpipe.io.images.images import read_labels
 
-from unetpipe import review as rv
-from unetpipe._review_widget import ReviewWidget, camera_of
-from unetpipe.io import read_labels
+from unetpipe.plugin.review_widget import ReviewWidget, camera_of
+from unetpipe.review.store import edits
+from unetpipe.review.store import queue as rq
+from unetpipe.review.store import store as rv
 
 pytestmark = pytest.mark.napari
 
@@ -67,7 +69,7 @@ def test_table_sorting_queue_and_navigation_2d(make_napari_viewer, qtbot, tmp_pa
     assert column_values(widget, "label") == [4.0, 3.0, 2.0, 1.0]
     # the queue: only the dumbbell (4) crosses a chunk seam (x = 24)
     table = pd.read_csv(paths.table)
-    assert widget.queue["label"].tolist() == rv.review_queue(table)["label"].tolist() == [4]
+    assert widget.queue["label"].tolist() == rq.review_queue(table)["label"].tolist() == [4]
     assert widget.queue["reasons"].tolist() == ["seam"]
     widget.next_btn.click()
     row = table.set_index("label").loc[4]
@@ -109,11 +111,11 @@ def test_edit_buttons_save_and_export(make_napari_viewer, qtbot, tmp_path):
     _, widget = opened(make_napari_viewer, qtbot, paths.results)
     select(widget, [2, 3])
     widget.merge_btn.click()
-    expected = rv.merge_objects(lab, [2, 3])
+    expected = edits.merge_objects(lab, [2, 3])
     assert_array_equal(widget.labels_layer.data, expected)
     select(widget, [1])
     widget.delete_btn.click()
-    expected = rv.delete_objects(expected, [1])
+    expected = edits.delete_objects(expected, [1])
     assert_array_equal(widget.labels_layer.data, expected)
     widget.seeds_layer.data = np.array([[19.0, 19.0], [19.0, 26.0]])
     widget.split_btn.click()
@@ -168,7 +170,7 @@ def test_region_mode_edits_and_saves_only_touched_chunks(make_napari_viewer, qtb
     assert set(np.unique(widget.labels_layer.data)) == {0, 5, 6}
     widget.save_btn.click()
     wait(qtbot, widget)
-    split = rv.split_object(lab, [[4, 43, 33], [4, 43, 42]], new_ids=[5, 6],
+    split = edits.split_object(lab, [[4, 43, 33], [4, 43, 42]], new_ids=[5, 6],
                             spacing=(2.0, 0.5, 0.5))
     assert_array_equal(read_labels(paths.labels).data.compute(), split)
     after = chunk_files(paths.labels)
@@ -216,11 +218,11 @@ def test_while_saving_the_widget_refuses_edits_navigation_and_decisions(
         press()
         assert "busy" in widget.status.text()
     assert not paths.review.exists() and widget.actions == [{"action": "delete", "ids": [1]}]
-    assert_array_equal(widget.labels_layer.data, rv.delete_objects(lab, [1]))
+    assert_array_equal(widget.labels_layer.data, edits.delete_objects(lab, [1]))
     go_on.set()
     wait(qtbot, widget)
     assert widget.labels_layer.editable
-    assert_array_equal(read_labels(paths.labels).data.compute(), rv.delete_objects(lab, [1]))
+    assert_array_equal(read_labels(paths.labels).data.compute(), edits.delete_objects(lab, [1]))
     select(widget, [2])
     widget.accept_btn.click()
     assert [(e["action"], e["ids"]) for e in rv.read_review(paths)["entries"]] == [
@@ -273,8 +275,7 @@ def big_results(root):
     """A sample of 8192 x 8192 pixels in 1024 x 1024 chunks, almost nothing on disk:
     the image has a pyramid of three levels, the labels one object."""
     import zarr
-
-    from unetpipe.io import set_multiscale_metadata
+    from unetpipe.io.images.images import set_multiscale_metadata
 
     results, n, c = root / "results", 8192, 1024
     pre = zarr.open_group(str(results / "preprocessed/cells.ome.zarr"), mode="w",

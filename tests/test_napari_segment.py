@@ -10,26 +10,28 @@ import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from test_segment import assert_same_up_to_relabelling, write_probabilities
+from unetpipe.io.images.images import read_image, write_ome_zarr
 
-from unetpipe import progress
-from unetpipe.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, save_checkpoint
-from unetpipe.config import validate_config
-from unetpipe.errors import UnetpipeError
-from unetpipe.io import read_image, write_ome_zarr
-from unetpipe.metrics import score
-from unetpipe.model import UNet
-from unetpipe.predict import predict_array
-from unetpipe.preprocess import percentile_normalize
-from unetpipe.segment import SegmentParams, segment_array, segment_store
-from unetpipe.synth import synthetic_nuclei, touching_pairs
-from unetpipe.targets import write_targets
-from unetpipe.train import train_model
+from unetpipe.core import progress
+from unetpipe.core.config import validate_config
+from unetpipe.core.errors import UnetpipeError
+from unetpipe.inputs.synth import synthetic_nuclei, touching_pairs
+from unetpipe.nn.checkpoint import FORMAT, VERSION, build_model, save_checkpoint
+from unetpipe.nn.model import UNet
+from unetpipe.nn.models import load_checkpoint
+from unetpipe.nn.tiles import predict_array
+from unetpipe.stages.instances import SegmentParams, segment_array
+from unetpipe.stages.metrics import score
+from unetpipe.stages.preprocess import percentile_normalize
+from unetpipe.stages.segment import segment_store
+from unetpipe.stages.targets import write_targets
+from unetpipe.stages.train import train_model
 
 pytestmark = [pytest.mark.napari, pytest.mark.usefixtures("torch_one_thread")]
 
 napari = pytest.importorskip("napari")
-from unetpipe._sample_data import OPTIONS, touching_cells  # noqa: E402
-from unetpipe._segment_widget import (  # noqa: E402
+from unetpipe.plugin.sample_data import OPTIONS, touching_cells  # noqa: E402
+from unetpipe.plugin.segment_widget import (  # noqa: E402
     Cancelled,
     SegmentWidget,
     segment_layer_data,
@@ -147,7 +149,7 @@ def test_errors_name_the_layer_and_the_problem(checkpoint, checkpoint_3d, tmp_pa
 def test_a_3d_stack_with_an_anisotropic_calibrated_layer_scale(checkpoint_3d, tmp_path):
     import zarr
 
-    from unetpipe._segment_widget import _layer_spacing
+    from unetpipe.plugin.segment_widget import _layer_spacing
 
     layer = napari.layers.Image(np.zeros((6, 20, 24), np.uint16), scale=(2000.0, 500.0, 500.0),
                                 units=("nanometer",) * 3)

@@ -11,22 +11,14 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from unetpipe.io.images.images import read_image, write_ome_zarr
 
-from unetpipe.checkpoint import FORMAT, VERSION, save_checkpoint
 from unetpipe.cli import main
-from unetpipe.errors import ConfigError, InputError
-from unetpipe.io import read_image, write_ome_zarr
-from unetpipe.model import UNet
-from unetpipe.predict import (
-    DONE_DIR,
-    MODEL_LOADS,
-    _skip_level,
-    mirror_index,
-    partial_path,
-    predict_array,
-    predict_store,
-    tiling,
-)
+from unetpipe.core.errors import ConfigError, InputError
+from unetpipe.nn.checkpoint import FORMAT, VERSION, save_checkpoint
+from unetpipe.nn.model import UNet
+from unetpipe.nn.tiles import mirror_index, predict_array, tiling
+from unetpipe.stages.predict import DONE_DIR, MODEL_LOADS, _skip_level, partial_path, predict_store
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -263,7 +255,7 @@ def test_empty_blocks_are_skipped_by_the_low_resolution_check(tmp_path):
 
 
 def skip_window(ckpt):
-    from unetpipe.checkpoint import load_checkpoint
+    from unetpipe.nn.models import load_checkpoint
 
     return tiling(load_checkpoint(ckpt)["model"]["config"], (128, 128), block=(16, 16))[1]
 
@@ -451,7 +443,7 @@ def test_distributed_cluster_loads_the_model_once_per_worker(tmp_path):
                                block=(16, 16), scheduler="distributed",
                                address=cluster.scheduler_address, threads=2, workers=2,
                                progress=False)
-        loads = client.run(lambda: list(__import__("unetpipe.predict").predict.MODEL_LOADS))
+        loads = client.run(lambda: list(__import__("unetpipe.stages.predict").predict.MODEL_LOADS))
     assert result.computed == 30
     # each worker that ran blocks loaded the checkpoint exactly once
     assert sorted(len(v) for v in loads.values()) in ([1, 1], [0, 1])

@@ -4,10 +4,10 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from unetpipe.io.images.images import read_image, read_labels, write_tiff
 
-from unetpipe.errors import InputError
-from unetpipe.io import read_image, read_labels, write_tiff
-from unetpipe.preprocess import percentile_normalize, preprocess_file, subsample_blocks
+from unetpipe.core.errors import InputError
+from unetpipe.stages.preprocess import percentile_normalize, preprocess_file, subsample_blocks
 
 
 def test_percentile_normalize_known_values():

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from unetpipe import progress
+from unetpipe.core import progress
 
 
 def _tqdm_lock_is_free(seconds=10.0):

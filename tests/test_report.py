@@ -1,4 +1,4 @@
-"""Figures and tables of the Snakemake report (unetpipe.report), and the report itself."""
+"""Figures and tables of the Snakemake report (unetpipe.report.figures), and the report itself."""
 
 import html
 import re
@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 from skimage.segmentation import find_boundaries
+from unetpipe.io.images.images import write_ome_zarr
 
-from unetpipe import report
 from unetpipe.cli import main
-from unetpipe.io import write_ome_zarr
+from unetpipe.report.figures import figures as report
 
 
 def _disks(shape, centres, radius):
@@ -120,7 +120,7 @@ def test_rule_of_falls_back_to_the_folder_or_file_name(tmp_path):
 
 
 def test_metrics_page_defines_every_column_and_bolds_the_pooled_row():
-    from unetpipe.evaluate import summary_columns
+    from unetpipe.stages.evaluate import summary_columns
 
     cols = summary_columns()
     rows = [{c: (name if c == "sample" else 1 if c in ("images", "tp") else 0.5) for c in cols}
@@ -157,7 +157,7 @@ def _png_shape(path):
 
 
 def test_overlay_and_weightmap_figures_from_stores(tmp_path):
-    from unetpipe.targets import write_targets
+    from unetpipe.stages.targets import write_targets
 
     shape = (300, 260)
     centres = [(y, x) for y in range(20, 300, 40) for x in range(20, 260, 40)]

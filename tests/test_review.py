@@ -17,12 +17,15 @@ import zarr
 from numpy.testing import assert_array_equal
 from scipy import ndimage as ndi
 from tiny_workflow import TINY, job_table, snakemake
+from unetpipe.io.images.images import read_image, read_labels, write_ome_zarr
 
-from unetpipe import review as rv
-from unetpipe.errors import InputError
-from unetpipe.io import read_image, read_labels, write_ome_zarr
-from unetpipe.measure import measure_store, write_table
-from unetpipe.samples import curated_samples
+from unetpipe.core import boxes, layout
+from unetpipe.core.errors import InputError
+from unetpipe.inputs.samples import curated_samples
+from unetpipe.review.store import curate, edits
+from unetpipe.review.store import queue as rq
+from unetpipe.review.store import store as rv
+from unetpipe.stages.measure import measure_store, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +75,7 @@ def make_results(root, lab, *, sample="cells", chunks=None, spacing=None, levels
     chunks = chunks or ([8, 8] if ndim == 2 else [4, 32, 32])
     rng = np.random.default_rng(1)
     image = (rng.uniform(0, 0.3, lab.shape) + 0.6 * (lab > 0)).astype(np.float32)[None]
-    paths = rv.sample_paths(results, sample)
+    paths = layout.sample_paths(results, sample)
     write_ome_zarr(paths.image, image, axes="c" + "zyx"[-ndim:], spacing=spacing, unit=unit,
                    chunks=chunks)
     write_ome_zarr(paths.probabilities, probabilities_of(lab), axes="c" + "zyx"[-ndim:],
@@ -107,32 +110,32 @@ def chunk_files(store_path):
 
 def test_delete_and_merge_change_exactly_the_objects_pixels():
     lab = labels_2d()
-    out = rv.delete_objects(lab, [2, 4])
+    out = edits.delete_objects(lab, [2, 4])
     expected = lab.copy()
     expected[(lab == 2) | (lab == 4)] = 0
     assert_array_equal(out, expected)
     assert out.dtype == lab.dtype and lab[10, 4] == 2  # input untouched
 
-    merged = rv.merge_objects(lab, [3, 2])
+    merged = edits.merge_objects(lab, [3, 2])
     expected = lab.copy()
     expected[lab == 3] = 2
     assert_array_equal(merged, expected)
-    assert_array_equal(rv.merge_objects(lab, [2, 3], into=9) == 9, (lab == 2) | (lab == 3))
+    assert_array_equal(edits.merge_objects(lab, [2, 3], into=9) == 9, (lab == 2) | (lab == 3))
     with pytest.raises(ValueError, match="at least two"):
-        rv.merge_objects(lab, [2])
+        edits.merge_objects(lab, [2])
 
     lab3 = labels_3d()
-    out3 = rv.delete_objects(lab3, 1)
+    out3 = edits.delete_objects(lab3, 1)
     assert_array_equal(out3 == 0, (lab3 == 0) | (lab3 == 1))
     assert_array_equal(out3[lab3 != 1], lab3[lab3 != 1])
-    merged3 = rv.merge_objects(lab3, [2, 3])
+    merged3 = edits.merge_objects(lab3, [2, 3])
     assert_array_equal(merged3 == 2, (lab3 == 2) | (lab3 == 3))
     assert_array_equal(merged3[(lab3 != 2) & (lab3 != 3)], lab3[(lab3 != 2) & (lab3 != 3)])
 
 
 def test_split_a_dumbbell_by_two_seeds_2d():
     lab = labels_2d()
-    out = rv.split_object(lab, [[19, 19], [19, 26]], new_ids=[7, 8])
+    out = edits.split_object(lab, [[19, 19], [19, 26]], new_ids=[7, 8])
     obj = lab == 4
     assert_array_equal(out[~obj], lab[~obj])  # nothing else changes
     assert set(np.unique(out[obj])) == {7, 8}  # the union is the object
@@ -140,14 +143,14 @@ def test_split_a_dumbbell_by_two_seeds_2d():
     assert (out[17:22, 17:22] == 7).all() and (out[17:22, 24:29] == 8).all()
     assert out[19, 22] == 7 and out[19, 23] == 8
     with pytest.raises(ValueError, match="outside object 4"):
-        rv.split_object(lab, [[19, 19], [3, 3]], new_ids=[7, 8])
+        edits.split_object(lab, [[19, 19], [3, 3]], new_ids=[7, 8])
     with pytest.raises(ValueError, match="at least two seeds"):
-        rv.split_object(lab, [[19, 19]], new_ids=[7])
+        edits.split_object(lab, [[19, 19]], new_ids=[7])
 
 
 def test_split_in_3d_and_with_an_unreached_part():
     lab = labels_3d()
-    out = rv.split_object(lab, [[4, 43, 33], [4, 43, 42]], new_ids=[10, 11],
+    out = edits.split_object(lab, [[4, 43, 33], [4, 43, 42]], new_ids=[10, 11],
                           spacing=(2.0, 1.0, 1.0))
     obj = lab == 4
     assert_array_equal(out[~obj], lab[~obj])
@@ -157,7 +160,7 @@ def test_split_in_3d_and_with_an_unreached_part():
     two = np.zeros((5, 12), np.uint16)
     two[2, 0:6] = 5
     two[1:4, 9:12] = 5
-    split = rv.split_object(two, [[2, 0], [2, 5]], new_ids=[1, 2])
+    split = edits.split_object(two, [[2, 0], [2, 5]], new_ids=[1, 2])
     assert_array_equal(split > 0, two > 0)
     assert split[2, :6].tolist() == [1, 1, 1, 2, 2, 2] and (split[1:4, 9:12] == 2).all()
 
@@ -171,22 +174,22 @@ def test_review_queue_flags_and_orders():
         "touches_border": [False, False, False, False, False, True, False],
         "n_chunks": [1, 1, 1, 2, 1, 1, 1],
     })
-    queue = rv.review_queue(table)
+    queue = rq.review_queue(table)
     assert queue["label"].tolist() == [4, 6, 3, 5]
     assert dict(zip(queue["label"], queue["reasons"], strict=True)) == {
         4: "low solidity, seam", 6: "large, border", 3: "low probability", 5: "small"}
-    quiet = rv.review_queue(table, size_mad=0, min_probability=0, min_solidity=0, seams=False,
+    quiet = rq.review_queue(table, size_mad=0, min_probability=0, min_solidity=0, seams=False,
                             border=False)
     assert quiet.empty
 
 
 def test_region_helpers():
-    assert rv.snap_box((slice(5, 9), slice(0, 3)), shape=(20, 10), chunks=(4, 4), margin=1) == \
+    assert rq.snap_box((slice(5, 9), slice(0, 3)), shape=(20, 10), chunks=(4, 4), margin=1) == \
         (slice(4, 12), slice(0, 4))
-    assert rv.snap_box((slice(17, 20),), shape=(19,), chunks=(8,)) == (slice(16, 19),)
-    assert rv.chunk_indices((slice(3, 9), slice(0, 2)), (4, 4)) == [(0, 0), (1, 0), (2, 0)]
+    assert rq.snap_box((slice(17, 20),), shape=(19,), chunks=(8,)) == (slice(16, 19),)
+    assert boxes.chunk_indices((slice(3, 9), slice(0, 2)), (4, 4)) == [(0, 0), (1, 0), (2, 0)]
     row = {"bbox_min_y": 2.0, "bbox_max_y": 6.0, "bbox_min_x": 1.0, "bbox_max_x": 3.0}
-    assert rv.object_box(row, spacing=(0.5, 0.5)) == (slice(4, 12), slice(2, 6))
+    assert rq.object_box(row, spacing=(0.5, 0.5)) == (slice(4, 12), slice(2, 6))
 
 
 # --- saving ------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ def test_save_rewrites_only_changed_chunks_keeps_a_version_and_records(tmp_path)
     assert store.shape == (24, 32) and store.storage_chunks == (8, 8)
     assert store.fits_whole() and not store.fits_whole(100)
 
-    edited = rv.merge_objects(store.read(), [2, 3])
+    edited = edits.merge_objects(store.read(), [2, 3])
     result = rv.save_region(store, edited, actions=[{"action": "merge", "ids": [2, 3]}])
     # object 3 lies in chunk (1, 1) only: one chunk file rewritten, no other touched
     assert result.chunks == ["0/c/1/1"] and result.ids == [2, 3]
@@ -246,7 +249,7 @@ def test_save_rewrites_only_changed_chunks_keeps_a_version_and_records(tmp_path)
 def test_delete_to_background_removes_the_chunk_file(tmp_path):
     paths = make_results(tmp_path, labels_2d())
     store = rv.LabelStore.open(paths.results, "cells")
-    result = rv.save_region(store, rv.delete_objects(store.read(), [1]),
+    result = rv.save_region(store, edits.delete_objects(store.read(), [1]),
                             actions=[{"action": "delete", "ids": [1]}])
     assert result.chunks == ["0/c/0/0"]
     assert not (paths.labels / "0/c/0/0").exists()  # all background: Zarr's fill value
@@ -261,13 +264,13 @@ def test_region_save_split_and_painted_ids_stay_unique(tmp_path):
     store = rv.LabelStore.open(paths.results, "cells")
     table = rv.read_table(paths)
     row = table.set_index("label").loc[4]
-    box = store.region_for([rv.object_box({"label": 4, **row}, spacing=store.spacing)],
+    box = store.region_for([rq.object_box({"label": 4, **row}, spacing=store.spacing)],
                            margin=1)
     assert box == (slice(16, 24), slice(16, 32))
     region = store.read(box)
     seeds = np.array([[19, 19], [19, 26]]) - [16, 16]
     new_id = store.max_id() + 1
-    region = rv.split_object(region, seeds, new_ids=[new_id, new_id + 1])
+    region = edits.split_object(region, seeds, new_ids=[new_id, new_id + 1])
     # a stroke painted with id 1, which exists outside the region
     region[0, 0:2] = 1
     result = rv.save_region(store, region, box,
@@ -292,14 +295,14 @@ def test_3d_save_updates_the_pyramid_chunks(tmp_path):
     before = chunk_files(paths.labels)
     box = store.region_for([(slice(1, 4), slice(2, 8), slice(2, 8))], margin=0)
     assert box == (slice(0, 4), slice(0, 32), slice(0, 32))
-    result = rv.save_region(store, rv.delete_objects(store.read(box), [1]), box,
+    result = rv.save_region(store, edits.delete_objects(store.read(box), [1]), box,
                             actions=[{"action": "delete", "ids": [1]}])
     assert sorted(result.chunks) == ["0/c/0/0/0", "1/c/0/0/0"]
     after = chunk_files(paths.labels)
     assert {k for k in before if after.get(k) != before[k]} == {"0/c/0/0/0", "1/c/0/0/0"}
     level0 = np.asarray(zarr.open_array(str(paths.labels / "0"))[:])
     level1 = np.asarray(zarr.open_array(str(paths.labels / "1"))[:])
-    assert_array_equal(level0, rv.delete_objects(lab, [1]))
+    assert_array_equal(level0, edits.delete_objects(lab, [1]))
     assert_array_equal(level1, level0[:, ::2, ::2])
     fresh = measure_store(paths.labels, image_path=paths.image,
                           probabilities_path=paths.probabilities)
@@ -310,7 +313,7 @@ def test_a_crash_mid_apply_is_rolled_forward_on_open(tmp_path, monkeypatch):
     lab = labels_2d()
     paths = make_results(tmp_path, lab)
     store = rv.LabelStore.open(paths.results, "cells")
-    edited = rv.delete_objects(store.read(), [1, 3])  # chunks (0, 0) and (1, 1)
+    edited = edits.delete_objects(store.read(), [1, 3])  # chunks (0, 0) and (1, 1)
     real, calls = rv._apply_one, []
 
     def crash_after_first(src, dest):
@@ -352,7 +355,7 @@ def test_a_crash_before_the_journal_is_complete_is_rolled_back(tmp_path, monkeyp
 
     monkeypatch.setattr(rv, "_write_json", crash_on_manifest)
     with pytest.raises(OSError, match="disk full"):
-        rv.save_region(store, rv.delete_objects(store.read(), [2]))
+        rv.save_region(store, edits.delete_objects(store.read(), [2]))
     monkeypatch.setattr(rv, "_write_json", real)
     assert paths.journal.exists()
     assert chunk_files(paths.labels) == before  # nothing in the store was touched
@@ -392,13 +395,13 @@ def test_decisions_and_saves_wait_for_a_save_in_progress(tmp_path, monkeypatch):
         except BaseException as e:
             errors.append(e)
 
-    first = rv.delete_objects(lab, [1])
+    first = edits.delete_objects(lab, [1])
     slow = threading.Thread(target=run, name="slow", args=(rv.save_region, store, first),
                             kwargs={"actions": [{"action": "delete", "ids": [1]}]})
     slow.start()
     assert staged.wait(20)
     # Accept, and a second save on top of the first, while the first is committing
-    second = rv.delete_objects(first, [4])
+    second = edits.delete_objects(first, [4])
     others = [threading.Thread(target=run, args=(rv.record_decisions, paths, [2], "accept")),
               threading.Thread(target=run, args=(rv.save_region, store, second))]
     for t in others:
@@ -426,16 +429,16 @@ def test_a_busy_store_is_refused_after_the_timeout(tmp_path, monkeypatch):
     monkeypatch.setattr(rv, "LOCK_TIMEOUT", 0.2)
     staged, go_on = _hold_commit(monkeypatch)
     slow = threading.Thread(target=rv.save_region, name="slow",
-                            args=(store, rv.delete_objects(lab, [1])))
+                            args=(store, edits.delete_objects(lab, [1])))
     slow.start()
     assert staged.wait(20)
     with pytest.raises(rv.StoreBusy, match="another save"):
         rv.record_decisions(paths, [2], "accept")
     with pytest.raises(rv.StoreBusy):
-        rv.save_region(store, rv.delete_objects(lab, [4]))
+        rv.save_region(store, edits.delete_objects(lab, [4]))
     go_on.set()
     slow.join(30)
-    assert_array_equal(read_labels(paths.labels).data.compute(), rv.delete_objects(lab, [1]))
+    assert_array_equal(read_labels(paths.labels).data.compute(), edits.delete_objects(lab, [1]))
     rv.record_decisions(paths, [2], "accept")  # free again
 
 
@@ -452,14 +455,14 @@ def test_another_process_holding_the_lock_is_waited_for(tmp_path, monkeypatch):
         assert holder.stdout.readline().strip() == "locked"
         monkeypatch.setattr(rv, "LOCK_TIMEOUT", 0.3)
         with pytest.raises(rv.StoreBusy, match="another process"):
-            rv.save_region(store, rv.delete_objects(lab, [1]))
+            rv.save_region(store, edits.delete_objects(lab, [1]))
         with pytest.raises(rv.StoreBusy):
             rv.LabelStore.open(paths.results, "cells")  # settling a journal waits too
     finally:
         holder.communicate("", timeout=30)
     assert_array_equal(read_labels(paths.labels).data.compute(), lab)
-    rv.save_region(store, rv.delete_objects(lab, [1]))
-    assert_array_equal(read_labels(paths.labels).data.compute(), rv.delete_objects(lab, [1]))
+    rv.save_region(store, edits.delete_objects(lab, [1]))
+    assert_array_equal(read_labels(paths.labels).data.compute(), edits.delete_objects(lab, [1]))
 
 
 def test_the_journal_is_never_recreated_replaced_or_skipped(tmp_path, monkeypatch):
@@ -480,7 +483,7 @@ def test_the_journal_is_never_recreated_replaced_or_skipped(tmp_path, monkeypatc
 
     monkeypatch.setattr(rv._Journal, "commit", vanish)
     with pytest.raises(rv.JournalError, match="removed or changed"):
-        rv.save_region(store, rv.delete_objects(lab, [1]))
+        rv.save_region(store, edits.delete_objects(lab, [1]))
     monkeypatch.setattr(rv._Journal, "commit", real)
     assert not paths.journal.exists() and chunk_files(paths.labels) == before
     # an existing journal is not deleted by a new one
@@ -492,7 +495,7 @@ def test_the_journal_is_never_recreated_replaced_or_skipped(tmp_path, monkeypatc
     shutil.rmtree(paths.journal)
     # a staged file missing when the journal is rolled forward is an error, not skipped
     monkeypatch.setattr(rv, "_apply", lambda paths, manifest: None)
-    rv.save_region(store, rv.merge_objects(lab, [2, 3]))  # staged, manifest written
+    rv.save_region(store, edits.merge_objects(lab, [2, 3]))  # staged, manifest written
     monkeypatch.undo()
     (paths.journal / "new" / "labels/cells.ome.zarr/0/c/1/1").unlink()
     with pytest.raises(rv.JournalError, match="missing"):
@@ -520,7 +523,7 @@ def test_a_new_segmentation_sets_the_old_review_and_versions_aside(tmp_path):
     lab = labels_2d()
     paths = make_results(tmp_path, lab)
     store = rv.LabelStore.open(paths.results, "cells")
-    version = rv.save_region(store, rv.delete_objects(lab, [1]),
+    version = rv.save_region(store, edits.delete_objects(lab, [1]),
                              actions=[{"action": "delete", "ids": [1]}]).version
     rv.record_decisions(paths, [2], "reject")
     version2 = rv.restore_version(store, version).version  # and our own saves keep it
@@ -534,7 +537,7 @@ def test_a_new_segmentation_sets_the_old_review_and_versions_aside(tmp_path):
     new = rerun_segment(paths, lab)
     assert rv.decisions(rv.read_review(paths)) == {}  # not shown for the new objects
     with pytest.raises(InputError, match="written again"):
-        rv.save_region(store, rv.delete_objects(new, [1]))  # opened before the rerun
+        rv.save_region(store, edits.delete_objects(new, [1]))  # opened before the rerun
     store = rv.LabelStore.open(paths.results, "cells")
     assert store.set_aside is not None and store.set_aside.name.endswith(".stale.json")
     assert store.set_aside.read_text() == old_review  # moved, not deleted
@@ -557,7 +560,7 @@ def test_only_the_latest_save_can_be_undone_and_ids_stay_unique(tmp_path):
     lab = labels_2d()
     paths = make_results(tmp_path, lab)
     store = rv.LabelStore.open(paths.results, "cells")
-    a = rv.save_region(store, rv.delete_objects(lab, [3]),
+    a = rv.save_region(store, edits.delete_objects(lab, [3]),
                        actions=[{"action": "delete", "ids": [3]}]).version
     after_a = read_labels(paths.labels).data.compute()
     painted = after_a.copy()
@@ -629,7 +632,7 @@ def test_decisions_are_recorded(tmp_path):
 
 def test_no_results_is_one_clear_error(tmp_path):
     with pytest.raises(InputError, match="no segmentation results"):
-        rv.list_samples(tmp_path)
+        layout.list_samples(tmp_path)
 
 
 # --- export as training data ----------------------------------------------------------------
@@ -640,18 +643,18 @@ def test_export_is_found_by_the_workflow_as_training_data(tmp_path):
     paths = make_results(tmp_path, lab, spacing=[0.5, 0.5])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
     store = rv.LabelStore.open(paths.results, "cells")
-    rv.save_region(store, rv.delete_objects(store.read(), [1]))
-    folder = rv.export_training(store)
+    rv.save_region(store, edits.delete_objects(store.read(), [1]))
+    folder = curate.export_training(store)
     assert folder == tmp_path / "resources/curated/cells"
     assert sorted(p.name for p in folder.parent.iterdir()) == ["cells"]  # no temporaries
     found = curated_samples(folder.parent)
     assert found == [("curated-cells", str(folder / "image.tif"), str(folder / "labels.tif"))]
     image, labels = read_image(folder / "image.tif"), read_labels(folder / "labels.tif")
-    assert_array_equal(labels.data.compute(), rv.delete_objects(lab, [1]))
+    assert_array_equal(labels.data.compute(), edits.delete_objects(lab, [1]))
     assert_array_equal(image.data.compute(), read_image(paths.image).data.compute()[0])
     assert image.spacing == labels.spacing == (0.5, 0.5)
     # a region export names the region
-    part = rv.export_training(store, box=(slice(8, 16), slice(0, 16)))
+    part = curate.export_training(store, box=(slice(8, 16), slice(0, 16)))
     assert part.name == "cells-y8-x0"
     assert_array_equal(read_labels(part / "labels.tif").data.compute(), lab[8:16, 0:16])
     # the workflow plans preprocessing and targets for them and trains again
@@ -668,7 +671,7 @@ def test_export_is_found_by_the_workflow_as_training_data(tmp_path):
 def test_export_follows_data_curated_and_refuses_when_off(tmp_path):
     paths = make_results(tmp_path, labels_2d())
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"curated": "fixes"}}))
-    assert rv.curated_folder(paths.results) == tmp_path / "fixes"
+    assert curate.curated_folder(paths.results) == tmp_path / "fixes"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"curated": None}}))
     with pytest.raises(InputError, match="switched off"):
-        rv.export_training(rv.LabelStore.open(paths.results, "cells"))
+        curate.export_training(rv.LabelStore.open(paths.results, "cells"))

@@ -2,10 +2,10 @@ import os
 
 import pytest
 
-from unetpipe.config import validate_config
-from unetpipe.demo import demo_files, demo_manifest
-from unetpipe.errors import ConfigError
-from unetpipe.samples import sample_name, sample_table, uses_demo
+from unetpipe.core.config import validate_config
+from unetpipe.core.errors import ConfigError
+from unetpipe.inputs.demo import demo_files, demo_manifest
+from unetpipe.inputs.samples import sample_name, sample_table, uses_demo
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,15 @@ import pytest
 import zarr
 from numpy.testing import assert_array_equal
 from scipy import ndimage as ndi
+from unetpipe.io.images.images import read_labels, set_multiscale_metadata
 
-from unetpipe import segment as seg
-from unetpipe.errors import ConfigError, InputError
-from unetpipe.io import read_labels, set_multiscale_metadata
-from unetpipe.metrics import score
-from unetpipe.segment import SegmentParams, fill_holes, segment_array, segment_store
-from unetpipe.synth import synthetic_nuclei
-from unetpipe.weights import targets_for_mode
+from unetpipe.core.errors import ConfigError, InputError
+from unetpipe.inputs.synth import synthetic_nuclei
+from unetpipe.stages import segment as seg
+from unetpipe.stages.instances import SegmentParams, fill_holes, segment_array
+from unetpipe.stages.metrics import score
+from unetpipe.stages.segment import segment_store
+from unetpipe.stages.weights import targets_for_mode
 
 
 def probabilities_from_labels(labels, mode="three_class", sigma=1.0, noise=0.1, seed=0):
@@ -283,9 +284,9 @@ def test_segment_evaluate_summarize_commands(tmp_path, capsys):
     import json
 
     import pandas as pd
+    from unetpipe.io.images.images import write_ome_zarr
 
     from unetpipe.cli import main
-    from unetpipe.io import write_ome_zarr
 
     spacing = (0.5, 0.5)
     image, labels = synthetic_nuclei((150, 130), spacing=spacing, seed=4)

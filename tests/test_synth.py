@@ -1,11 +1,11 @@
-"""Tests of the synthetic nuclei generator (unetpipe.synth)."""
+"""Tests of the synthetic nuclei generator (unetpipe.inputs.synth)."""
 
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from unetpipe.synth import (
+from unetpipe.inputs.synth import (
     random_nuclei_labels,
     render_nuclei,
     synthetic_nuclei,

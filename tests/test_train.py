@@ -12,14 +12,16 @@ import time
 import numpy as np
 import pytest
 import torch
+from unetpipe.io.images.images import write_ome_zarr
 
-from unetpipe.checkpoint import build_model, load_checkpoint
-from unetpipe.config import validate_config
-from unetpipe.errors import InputError
-from unetpipe.io import write_ome_zarr
-from unetpipe.synth import synthetic_nuclei
-from unetpipe.targets import write_targets
-from unetpipe.train import LRSchedule, select_device, train_model
+from unetpipe.core.config import validate_config
+from unetpipe.core.device import select_device
+from unetpipe.core.errors import InputError
+from unetpipe.inputs.synth import synthetic_nuclei
+from unetpipe.nn.checkpoint import build_model
+from unetpipe.nn.models import load_checkpoint
+from unetpipe.stages.targets import write_targets
+from unetpipe.stages.train import LRSchedule, train_model
 
 TINY = {
     "model": {"depth": 2, "features": 4},
@@ -213,7 +215,7 @@ def test_device_selection():
         expected = "mps"
     assert select_device("auto").type == expected
     if not torch.cuda.is_available():
-        from unetpipe.errors import ConfigError
+        from unetpipe.core.errors import ConfigError
 
         with pytest.raises(ConfigError, match=r"train\.device"):
             select_device("cuda")

@@ -1,4 +1,4 @@
-"""Training augmentation (unetpipe.transforms): values against brute-force oracles."""
+"""Training augmentation (unetpipe.nn.transforms): values against brute-force oracles."""
 
 import itertools
 import math
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from unetpipe.synth import synthetic_nuclei
-from unetpipe.transforms import Augment, elastic_displacement, flip_rot90, intensity, warp
+from unetpipe.inputs.synth import synthetic_nuclei
+from unetpipe.nn.transforms import Augment, elastic_displacement, flip_rot90, intensity, warp
 
 
 def gen(seed=0):

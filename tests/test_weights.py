@@ -5,8 +5,8 @@ import pytest
 from oracle import weight_map_oracle
 from scipy import ndimage as ndi
 
-from unetpipe.synth import random_nuclei_labels, touching_pairs
-from unetpipe.weights import (
+from unetpipe.inputs.synth import random_nuclei_labels, touching_pairs
+from unetpipe.stages.weights import (
     SeparationTargets,
     class_weights,
     influence_radius,

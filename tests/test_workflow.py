@@ -15,13 +15,14 @@ import yaml
 import zarr
 from tiny_workflow import TINY as TINY_BASE
 from tiny_workflow import job_table, snakemake
+from unetpipe.io.images.images import read_image, read_labels, write_tiff
 
-from unetpipe.checkpoint import build_model, load_checkpoint
-from unetpipe.io import read_image, read_labels, write_tiff
-from unetpipe.metrics import score
-from unetpipe.predict import predict_array
-from unetpipe.segment import SegmentParams, segment_array
-from unetpipe.weights import separation_weight_map, targets_for_mode
+from unetpipe.nn.checkpoint import build_model
+from unetpipe.nn.models import load_checkpoint
+from unetpipe.nn.tiles import predict_array
+from unetpipe.stages.instances import SegmentParams, segment_array
+from unetpipe.stages.metrics import score
+from unetpipe.stages.weights import separation_weight_map, targets_for_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
@@ -291,9 +292,9 @@ def test_killed_snakemake_resumes_prediction_from_the_partial_store(tmp_path):
 
     import torch
 
-    from unetpipe.checkpoint import FORMAT, VERSION, save_checkpoint
-    from unetpipe.model import UNet
-    from unetpipe.predict import DONE_DIR, partial_path
+    from unetpipe.nn.checkpoint import FORMAT, VERSION, save_checkpoint
+    from unetpipe.nn.model import UNet
+    from unetpipe.stages.predict import DONE_DIR, partial_path
 
     torch.manual_seed(0)
     model = UNet(ndim=2, depth=2, features=8, out_channels=3).eval()

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .config import add_config_options, config_from_args
-from .errors import ConfigError, InputError, UnetpipeError
+from .core.config import add_config_options, config_from_args
+from .core.errors import ConfigError, InputError, UnetpipeError
 
 log = logging.getLogger("unetpipe")
 
@@ -100,7 +100,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from .demo import write_demo
+    from .inputs.demo import write_demo
 
     cfg = config_from_args(args)["demo"]
     files = write_demo(cfg["dir"], ndim=cfg["ndim"], seed=cfg["seed"], n_train=cfg["n_train"],
@@ -112,8 +112,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
-    from .preprocess import preprocess_file
-    from .samples import sample_name
+    from .inputs.samples import sample_name
+    from .stages.preprocess import preprocess_file
 
     cfg = config_from_args(args)
     _set_threads(args.threads)
@@ -136,7 +136,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
 
 def cmd_targets(args: argparse.Namespace) -> None:
-    from .targets import write_targets
+    from .stages.targets import write_targets
 
     cfg = config_from_args(args)["targets"]
     _set_threads(args.threads)
@@ -154,7 +154,7 @@ def cmd_targets(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
-    from .train import train_model
+    from .stages.train import train_model
 
     cfg = config_from_args(args)
     if len(args.train_images) != len(args.train_targets):
@@ -176,7 +176,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .predict import predict_store
+    from .stages.predict import predict_store
 
     config = config_from_args(args)
     cfg = config["predict"]
@@ -196,7 +196,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
-    from .segment import SegmentParams, segment_store
+    from .stages.instances import SegmentParams
+    from .stages.segment import segment_store
 
     t0 = time.perf_counter()
     config = config_from_args(args)
@@ -211,7 +212,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
                            address=cfg["address"], processes=cfg["processes"],
                            dask_slurm=config["dask_slurm"])
     if args.table:
-        from .measure import measure_store, write_table
+        from .stages.measure import measure_store, write_table
 
         t1 = time.perf_counter()
         table = measure_store(args.output, image_path=args.image,
@@ -231,16 +232,16 @@ def cmd_segment(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     import json
 
-    from .checkpoint import load_checkpoint
-    from .describe import checkpoint_info, format_info
+    from .nn.models import load_checkpoint
+    from .report.describe import checkpoint_info, format_info
 
     info = checkpoint_info(load_checkpoint(args.checkpoint), path=args.checkpoint)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_store, write_metrics
-    from .io import read_labels
+    from .io.images import read_labels
+    from .stages.evaluate import evaluate_store, write_metrics
 
     t0 = time.perf_counter()
     truth = args.truth
@@ -266,7 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
-    from .evaluate import summarize
+    from .stages.evaluate import summarize
 
     table = summarize(args.metrics, args.output)
     pooled = table.iloc[-1]
@@ -275,7 +276,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .bioimageio import export_model
+    from .nn.bioimageio import export_model
 
     if args.threads:
         import torch
@@ -311,8 +312,8 @@ def _stem(path: str) -> str:
 def cmd_config(args: argparse.Namespace) -> None:
     import yaml
 
-    from .config import load_config
-    from .samples import sample_table
+    from .core.config import load_config
+    from .inputs.samples import sample_table
 
     cfg = load_config(args.configfile)
     print(yaml.safe_dump(cfg, sort_keys=False), end="")
@@ -325,7 +326,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     import json
 
-    from . import report
+    from .report import figures as report
 
     what = args.report_command
     if what == "overlay":
@@ -345,7 +346,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     elif what == "metrics":
         out = report.write_metrics_html(args.summary, args.output)
     else:
-        from .config import load_config
+        from .core.config import load_config
 
         try:
             cfg = json.loads(args.json) if args.json else load_config(args.configfile)
@@ -642,7 +643,7 @@ def _setup_logging(args: argparse.Namespace):
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         root.addHandler(handler)
-        from . import progress
+        from .core import progress
 
         progress.set_stream(log_file)
     return log_file
@@ -673,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if log_file is not None:
-            from . import progress
+            from .core import progress
 
             progress.set_stream(None)
             log_file.close()

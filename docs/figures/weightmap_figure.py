@@ -22,10 +22,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from unetpipe.config import defaults
-from unetpipe.demo import demo_image, demo_manifest
-from unetpipe.synth import touching_pairs
-from unetpipe.weights import separation_targets, separation_weight_map
+from unetpipe.core.config import defaults
+from unetpipe.inputs.demo import demo_image, demo_manifest
+from unetpipe.inputs.synth import touching_pairs
+from unetpipe.stages.weights import separation_targets, separation_weight_map
 
 CROP = 128
 

@@ -26,10 +26,11 @@ from unetpipe.cli import (  # noqa: E402
     TARGETS_KEYS,
     TRAIN_KEYS,
 )
-from unetpipe.config import cli_args, coerce_strings, validate_config  # noqa: E402
-from unetpipe.demo import demo_files  # noqa: E402
-from unetpipe.errors import ConfigError  # noqa: E402
-from unetpipe.samples import sample_table  # noqa: E402
+from unetpipe.core import layout  # noqa: E402
+from unetpipe.core.config import cli_args, coerce_strings, validate_config  # noqa: E402
+from unetpipe.core.errors import ConfigError  # noqa: E402
+from unetpipe.inputs.demo import demo_files  # noqa: E402
+from unetpipe.inputs.samples import sample_table  # noqa: E402
 
 try:
     # --config values arrive as strings; our validator names a bad key in one
@@ -51,7 +52,7 @@ wildcard_constraints:
 
 
 def preprocessed(name):
-    return f"{RESULTS}/preprocessed/{name}.ome.zarr"
+    return layout.stage_path(RESULTS, "preprocessed", name)
 
 
 def preprocess_input(wildcards):
@@ -77,7 +78,7 @@ def val_names():
 
 
 def targets_store(name):
-    return f"{RESULTS}/targets/{name}.zarr"
+    return layout.stage_path(RESULTS, "targets", name)
 
 
 def train_runtime():
@@ -86,7 +87,7 @@ def train_runtime():
     return int(minutes * 1.5 + 30) if minutes else 24 * 60
 
 
-MODEL = f"{RESULTS}/model/checkpoint_best.pt"
+MODEL = layout.model_path(RESULTS)
 # the checkpoint prediction uses: a given one, or the one the workflow trains
 CHECKPOINT = config["predict"]["checkpoint"] or MODEL
 
@@ -97,7 +98,7 @@ def predict_names():
 
 
 def probabilities(name):
-    return f"{RESULTS}/probabilities/{name}.ome.zarr"
+    return layout.stage_path(RESULTS, "probabilities", name)
 
 
 def predict_runtime():
@@ -120,18 +121,18 @@ def dask_slurm_args(stage):
 
 
 def labels_store(name):
-    return f"{RESULTS}/labels/{name}.ome.zarr"
+    return layout.stage_path(RESULTS, "labels", name)
 
 
 def table(name):
-    return f"{RESULTS}/tables/{name}.csv"
+    return layout.stage_path(RESULTS, "tables", name)
 
 
 def metrics(name):
-    return f"{RESULTS}/metrics/{name}.json"
+    return layout.stage_path(RESULTS, "metrics", name)
 
 
-SUMMARY = f"{RESULTS}/metrics/summary.csv"
+SUMMARY = f"{RESULTS}/metrics/{layout.SUMMARY}"
 
 
 def evaluate_names():
@@ -140,7 +141,7 @@ def evaluate_names():
             if SAMPLES[name].labels and "train" not in SAMPLES[name].roles]
 
 
-REPORT = f"{RESULTS}/report"
+REPORT = f"{RESULTS}/{layout.REPORT_DIR}"
 RUNTIMES = [f"{REPORT}/runtimes.html", f"{REPORT}/runtimes.png"]
 
 

@@ -6,7 +6,7 @@ rule preprocess:
     input:
         unpack(preprocess_input),
     output:
-        directory(f"{RESULTS}/preprocessed/{{sample}}.ome.zarr"),
+        directory(preprocessed("{sample}")),
     log:
         f"{RESULTS}/logs/preprocess/{{sample}}.log",
     benchmark:

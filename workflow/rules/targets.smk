@@ -4,9 +4,9 @@
 
 rule targets:
     input:
-        f"{RESULTS}/preprocessed/{{sample}}.ome.zarr",
+        preprocessed("{sample}"),
     output:
-        directory(f"{RESULTS}/targets/{{sample}}.zarr"),
+        directory(targets_store("{sample}")),
     log:
         f"{RESULTS}/logs/targets/{{sample}}.log",
     benchmark:

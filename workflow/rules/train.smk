@@ -13,10 +13,10 @@ rule train:
         targets=[targets_store(name) for name in train_names()],
         val=[preprocessed(name) for name in val_names()],
     output:
-        best=f"{RESULTS}/model/checkpoint_best.pt",
-        history=f"{RESULTS}/model/history.csv",
+        best=MODEL,
+        history=layout.model_path(RESULTS, layout.HISTORY),
         curves=report(
-            f"{RESULTS}/model/training_curves.png",
+            layout.model_path(RESULTS, layout.CURVES),
             caption="../report/training_curves.rst",
             category="Training",
         ),

@@ -1,0 +1,144 @@
+"""Checkpoints: self-describing, and safe to load.
+
+A checkpoint is a dict of tensors and plain Python values only (numbers,
+strings, lists, dicts, None), so it loads with ``torch.load(...,
+weights_only=True)``, which refuses any pickled object. It describes itself:
+
+``format``, ``version``
+    ``"unetpipe-checkpoint"`` and the layout version.
+``model``
+    ``{"class": "UNet", "config": constructor arguments, "state_dict": ...}``.
+``normalization``
+    How the training images were preprocessed (percentiles, clip), so that
+    prediction can warn when new images are normalised differently.
+``targets``
+    Target mode, class names, w0, sigma, class balance.
+``data``
+    Spacing, unit, axes and channel count of the training images; training
+    and validation sample names.
+``config``
+    The resolved config of the run.
+``iteration``, ``elapsed``, ``finished``
+    Progress of the run.
+``optimizer``, ``scheduler``, ``rng``, ``history``, ``best``
+    What resuming needs (``checkpoint_last.pt`` only).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..core.errors import InputError
+
+FORMAT = "unetpipe-checkpoint"
+VERSION = 1
+
+
+def plain(value, *, json: bool = False):
+    """Tuples to lists, numpy scalars to Python: what a weights-only checkpoint holds.
+
+    With ``json``, JSON values only: tensors are dropped, non-finite floats
+    become None and anything else unknown becomes its string.
+
+    Examples
+    --------
+    >>> plain({"a": (1, 2)})
+    {'a': [1, 2]}
+    >>> plain([float("nan"), 1.5], json=True)
+    [None, 1.5]
+    """
+    import math
+
+    import numpy as np
+
+    if json:
+        import torch
+
+        if isinstance(value, dict):
+            return {str(k): plain(v, json=True) for k, v in value.items()
+                    if not isinstance(v, torch.Tensor)}
+        if isinstance(value, list | tuple):
+            return [plain(v, json=True) for v in value if not isinstance(v, torch.Tensor)]
+    elif isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    elif isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if not json:
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
+    """Write a checkpoint atomically (temporary file, then rename)."""
+    import torch
+
+    from ..io.images import atomic_output
+
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
+    """Load a ``.pt`` checkpoint with ``weights_only=True``.
+
+    :func:`unetpipe.nn.models.load_checkpoint` also opens bioimage.io
+    packages; use it wherever a user gives a model.
+
+    Raises
+    ------
+    InputError
+        The file is missing, is not a unetpipe checkpoint, or holds pickled
+        objects (which are never unpickled).
+    """
+    import pickle
+
+    path = os.fspath(path)
+    import torch
+
+    if not os.path.isfile(path):
+        raise InputError(path, "checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch names the offending object in its "Unsupported global" line
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
+        detail = lines[0].split(" was not", 1)[0].replace("WeightsUnpickler error: ", "") \
+            if lines else type(e).__name__
+        raise InputError(path, "refusing to load: the checkpoint holds objects other than "
+                               f"tensors and plain values ({detail})") from e
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise InputError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise InputError(path, "not a unetpipe checkpoint (no 'format' entry "
+                               f"{FORMAT!r})")
+    if int(ckpt.get("version", 0)) > VERSION:
+        raise InputError(path, f"checkpoint layout version {ckpt.get('version')} is newer than "
+                               f"this unetpipe understands ({VERSION}); upgrade unetpipe")
+    return ckpt
+
+
+def build_model(ckpt: dict, *, weights: str = "model"):
+    """The U-Net of a checkpoint, with its weights, in eval mode.
+
+    Parameters
+    ----------
+    ckpt : dict
+        A loaded checkpoint.
+    weights : {"model", "best"}
+        ``"best"`` takes the best weights kept inside ``checkpoint_last.pt``.
+    """
+    from .model import UNet
+
+    spec = ckpt["model"]
+    if spec.get("class") != "UNet":
+        raise ValueError(f"unknown model class {spec.get('class')!r}")
+    model = UNet(**spec["config"])
+    state = spec["state_dict"] if weights == "model" else ckpt["best"]["state_dict"]
+    model.load_state_dict(state)
+    return model.eval()

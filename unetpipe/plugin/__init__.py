@@ -1,0 +1,1 @@
+"""The napari plugin: reader, widgets and sample data (manifest: ``unetpipe/napari.yaml``)."""

@@ -1,0 +1,183 @@
+"""What a checkpoint holds, for ``unetpipe info``.
+
+:func:`checkpoint_info` gathers it as plain values (for ``--json``);
+:func:`format_info` lays it out for reading.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+
+def checkpoint_info(ckpt: Mapping, *, path: str | None = None) -> dict:
+    """The description of a loaded checkpoint, as plain values.
+
+    Parameters
+    ----------
+    ckpt : mapping
+        A checkpoint from :func:`unetpipe.nn.checkpoint.load_checkpoint`.
+    path : str, optional
+        Where it was loaded from, recorded as ``file``.
+
+    Returns
+    -------
+    dict
+        ``file``, ``format``, ``created``, ``architecture`` (constructor
+        arguments, parameter count, receptive field in pixels and in the
+        training data's units, pooling grid, the smallest input),
+        ``normalization``, ``targets``, ``training_data`` (samples, spacing,
+        channels, patch), ``training`` (iterations, time, the settings that
+        shape the result), and ``metrics`` (validation scores, and the best
+        ones when the checkpoint is ``checkpoint_last.pt``).
+    """
+    from ..nn.checkpoint import build_model
+    from ..nn.model import count_parameters
+
+    spec = ckpt["model"]
+    cfg = dict(spec["config"])
+    model = build_model(ckpt)
+    field = [int(v) for v in model.receptive_field()]
+    data = dict(ckpt.get("data") or {})
+    spacing = data.get("spacing")
+    unit = data.get("unit") or ("pixel" if not spacing or set(spacing) == {1.0} else None)
+    architecture = {
+        "class": spec.get("class"),
+        **cfg,
+        "parameters": count_parameters(model),
+        "receptive_field": field,
+        "pooling_factor": [int(v) for v in model.pooling_factor()],
+        "smallest_input": [int(v) for v in model.valid_input_shape([1] * cfg["ndim"])],
+    }
+    if spacing:
+        architecture["receptive_field_physical"] = [round(f * s, 4)
+                                                    for f, s in zip(field, spacing, strict=True)]
+        architecture["unit"] = unit
+    train_cfg = dict((ckpt.get("config") or {}).get("train") or {})
+    training = {
+        "iteration": ckpt.get("iteration"),
+        "finished": ckpt.get("finished"),
+        "seconds": ckpt.get("elapsed"),
+        "fingerprint": ckpt.get("fingerprint"),
+        **{k: train_cfg[k] for k in ("iterations", "minutes", "batch_size", "optimizer", "lr",
+                                     "schedule", "seed") if k in train_cfg},
+    }
+    history = ckpt.get("history") or []
+    if history:
+        training["final_loss"] = history[-1].get("loss")
+    metrics = {k: ckpt[k] for k in ("val_ap", "val_iou") if ckpt.get(k) is not None}
+    best = ckpt.get("best")
+    if isinstance(best, Mapping):
+        metrics["best"] = {k: v for k, v in best.items() if k != "state_dict"}
+    return {
+        "file": path,
+        "format": f"{ckpt.get('format')} v{ckpt.get('version')}",
+        "created": ckpt.get("created"),
+        "unetpipe_version": ckpt.get("unetpipe_version"),
+        "torch_version": ckpt.get("torch_version"),
+        "architecture": architecture,
+        "normalization": dict(ckpt.get("normalization") or {}),
+        "targets": dict(ckpt.get("targets") or {}),
+        "training_data": data,
+        "training": training,
+        "metrics": metrics,
+        "bioimageio": dict(ckpt["bioimageio"]) if ckpt.get("bioimageio") else None,
+    }
+
+
+def _shape(values) -> str:
+    return " x ".join(str(v) for v in values)
+
+
+def format_info(info: Mapping) -> str:
+    """:func:`checkpoint_info` as text, one fact a line.
+
+    Parameters
+    ----------
+    info : mapping
+        The output of :func:`checkpoint_info`.
+
+    Returns
+    -------
+    str
+    """
+    arch, data, norm = info["architecture"], info["training_data"], info["normalization"]
+    targets, training, metrics = info["targets"], info["training"], info["metrics"]
+    axes = "zyx"[3 - arch["ndim"]:]
+    lines = [f"{info['file'] or 'checkpoint'}",
+             f"  format          {info['format']}, written {info['created']} by unetpipe "
+             f"{info['unetpipe_version']} (torch {info['torch_version']})",
+             *([f"  bioimage.io     {info['bioimageio'].get('name')} (model format "
+                f"{info['bioimageio'].get('format_version')})"] if info.get("bioimageio") else []),
+             "architecture",
+             f"  network         {arch['class']}, {arch['ndim']}D, depth {arch['depth']}, "
+             f"{arch['features']} features at the top, padding {arch['padding']}, "
+             f"norm {arch['norm']}, dropout {arch['dropout']:g}",
+             f"  channels        {arch['in_channels']} in, {arch['out_channels']} out",
+             f"  parameters      {arch['parameters']:,}",
+             f"  pooling         {arch['pooling']} per level; inputs align to multiples of "
+             f"{_shape(arch['pooling_factor'])} ({axes})",
+             f"  receptive field {_shape(arch['receptive_field'])} pixels ({axes})"
+             + (f" = {_shape(arch['receptive_field_physical'])} {arch['unit']}"
+                if "receptive_field_physical" in arch and arch.get("unit") != "pixel" else ""),
+             f"  smallest input  {_shape(arch['smallest_input'])}"]
+    classes = targets.get("classes") or []
+    lines += ["targets",
+              f"  classes         {', '.join(classes)} ({targets.get('mode')})",
+              f"  weight map      w0 {targets.get('w0')}, sigma {targets.get('sigma')}, "
+              f"class balance {targets.get('class_balance')}"]
+    spacing = data.get("spacing")
+    lines += ["training data",
+              f"  train           {len(data.get('train') or [])} image(s): "
+              f"{_names(data.get('train'))}",
+              f"  validation      {len(data.get('val') or [])} image(s): "
+              f"{_names(data.get('val'))}",
+              f"  channels        {data.get('channels')}",
+              f"  spacing         {spacing} {data.get('unit') or ''}".rstrip(),
+              f"  patch           {_shape(data['patch']) if data.get('patch') else 'n/a'}",
+              f"  normalization   percentiles {norm.get('percentiles')}, clip "
+              f"{norm.get('clip')}"]
+    seconds = training.get("seconds")
+    lines += ["training",
+              f"  iterations      {training.get('iteration')}"
+              + (f" in {seconds / 60:.1f} min" if seconds else "")
+              + f" (budget: {_budget(training)}; "
+              + ("the run ended)" if training.get("finished") else "the run was still going)"),
+              f"  optimizer       {training.get('optimizer')}, lr {training.get('lr')}, "
+              f"{training.get('schedule')} schedule, batch {training.get('batch_size')}, "
+              f"seed {training.get('seed')}"]
+    if training.get("final_loss") is not None:
+        lines.append(f"  final loss      {training['final_loss']:.4f}")
+    lines.append("metrics (validation images)")
+    if "val_ap" in metrics:
+        lines.append(f"  at iteration {training.get('iteration')}: AP@0.5 "
+                     f"{metrics['val_ap']:.3f}, mean matched IoU {_num(metrics.get('val_iou'))}")
+    best = metrics.get("best")
+    if best and best.get("ap") is not None:
+        lines.append(f"  best: AP@0.5 {best['ap']:.3f} at iteration {best.get('iteration')}, "
+                     f"mean matched IoU {_num(best.get('iou'))}")
+    if "val_ap" not in metrics and not (best and best.get("ap") is not None):
+        lines.append("  none (trained without validation images)")
+    return "\n".join(lines)
+
+
+def _budget(training: Mapping) -> str:
+    parts = []
+    if training.get("iterations"):
+        parts.append(f"{training['iterations']} iterations")
+    if training.get("minutes"):
+        parts.append(f"{training['minutes']:g} min")
+    return " or ".join(parts) or "none"
+
+
+def _num(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.3f}"
+
+
+def _names(names, limit: int = 6) -> str:
+    names = list(names or [])
+    if not names:
+        return "-"
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")

@@ -1,0 +1,540 @@
+"""Prediction with a trained U-Net: chunked overlap-tile inference.
+
+Both paths predict an image block by block, each block from a window that
+adds a halo covering the network's receptive field, mirror-padded at the
+image border (the paper's overlap-tile strategy). Window origins stay on the
+network's pooling grid, so the result does not depend on the block size.
+
+- :func:`unetpipe.nn.tiles.predict_array` predicts an image held in memory
+  (validation images).
+- :func:`predict_store` predicts a preprocessed (OME-)Zarr store of any size
+  into an OME-Zarr store of class probabilities whose chunks are the blocks.
+  Windows are read lazily, batches of blocks go through the network
+  in parallel Dask tasks, and each finished block is written and recorded at
+  once, so memory does not grow with the image and a killed run resumes
+  where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import ConfigError, InputError
+from ..core.memory import release_free_memory
+from ..io.resume import (
+    DONE_DIR,
+    finish,
+    input_signature,
+    mark_done,
+    markers,
+    partial_path,
+    resume_state,
+)
+from ..nn.tiles import _clip, forward_windows, read_window, tiling
+
+log = logging.getLogger("unetpipe")
+
+
+# --- chunked prediction of a store ---------------------------------------------------
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict_store` did."""
+
+    output: str
+    shape: tuple[int, ...]
+    classes: list[str]
+    block: tuple[int, ...]
+    window: tuple[int, ...]
+    blocks: int
+    computed: int
+    skipped: int
+    resumed: int
+    seconds: float
+    device: str
+    workers: int
+    torch_threads: int
+    batch_size: int
+
+    @property
+    def voxels_per_second(self) -> float:
+        """Image voxels predicted (or skipped as empty) by this run, per second."""
+        done = self.computed + self.skipped
+        per_block = math.prod(self.shape) / max(self.blocks, 1)
+        return done * per_block / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs to predict blocks; plain values, so it pickles."""
+
+    checkpoint: str
+    checkpoint_sha: str
+    image: str
+    output: str
+    channel_axis: bool
+    shape: tuple[int, ...]
+    block: tuple[int, ...]
+    window: tuple[int, ...]
+    offset: tuple[int, ...]
+    device: str
+    amp: bool
+    tta: bool
+    skip_empty: float | None
+    skip_level: str | None
+    skip_factors: tuple[int, ...] | None
+    torch_threads: int
+    classes: int
+    dtype: str
+
+
+_STATE: dict = {}
+_STATE_LOCK = threading.Lock()
+MODEL_LOADS = []
+"""Checkpoints loaded by this process (one entry per load); tests and logs read it."""
+
+
+def _worker_state(job: _Job):
+    """The model and open arrays of a job, loaded once per process (worker)."""
+    key = job  # a new job (another block, dtype, output) never reuses an old one's arrays
+    with _STATE_LOCK:
+        state = _STATE.get(key)
+        if state is None:
+            import torch
+            import zarr
+
+            from ..io.images import read_image
+            from ..nn.checkpoint import build_model
+            from ..nn.models import load_checkpoint
+
+            if job.device == "cpu" and torch.get_num_threads() != job.torch_threads:
+                torch.set_num_threads(job.torch_threads)
+            device = torch.device(job.device)
+            model = build_model(load_checkpoint(job.checkpoint)).to(device)
+            MODEL_LOADS.append(job.checkpoint)
+            source = read_image(job.image).data
+            if not job.channel_axis:
+                source = source[None]
+            low = zarr.open_array(job.skip_level, mode="r") if job.skip_level else None
+            target = zarr.open_array(os.path.join(job.output, "0"), mode="r+")
+            state = {"model": model, "device": device, "source": source, "low": low,
+                     "target": target}
+            _STATE.clear()  # one job per process at a time: drop earlier models
+            _STATE[key] = state
+    return state
+
+
+def _read(array, box, path):
+    """A box of a Zarr or Dask array as float32, read in the calling thread."""
+    try:
+        block = array[box]
+        if hasattr(block, "compute"):
+            block = block.compute(scheduler="synchronous")
+        return np.asarray(block, dtype=np.float32)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(path, f"cannot read pixel data ({type(e).__name__}: {e})") from e
+
+
+def _is_empty(job: _Job, low, origin) -> bool:
+    """True when the low-resolution window of a block stays below the threshold."""
+    starts = [o - f for o, f in zip(origin, job.offset, strict=True)]
+    box = []
+    for s, w, f, n in zip(starts, job.window, job.skip_factors, low.shape[-len(starts):],
+                          strict=True):
+        lo, hi = max(0, s) // f, min(n * f, s + w) // f + 1
+        box.append(slice(lo, max(lo + 1, min(n, hi))))
+    head = (slice(None),) if job.channel_axis else ()
+    values = _read(low, (*head, *box), job.image)
+    return bool(values.size) and float(values.max()) < job.skip_empty
+
+
+def _run_blocks(job: _Job, indices: Sequence[tuple[int, ...]]) -> tuple[int, int]:
+    """Predict, write and record a batch of blocks; returns (computed, skipped)."""
+    state = _worker_state(job)
+    source, low, target = state["source"], state["low"], state["target"]
+    done_dir = os.path.join(job.output, DONE_DIR)
+    origins = [tuple(i * b for i, b in zip(index, job.block, strict=True)) for index in indices]
+    windows, empty = [], []
+    for origin in origins:
+        if job.skip_empty is not None and low is not None and _is_empty(job, low, origin):
+            empty.append(True)
+            continue
+        window = read_window(source, [o - f for o, f in zip(origin, job.offset, strict=True)],
+                             job.window, read=lambda a, box: _read(a, box, job.image))
+        # without a pyramid the check is on the window itself (still no network pass)
+        empty.append(job.skip_empty is not None and low is None
+                     and float(window.max()) < job.skip_empty)
+        if not empty[-1]:
+            windows.append(window)
+    probs = []
+    if windows:
+        probs = list(forward_windows(state["model"], np.stack(windows), job.block,
+                                     device=state["device"], amp=job.amp, tta=job.tta))
+    probs.reverse()
+    for index, origin, e in zip(indices, origins, empty, strict=True):
+        region, local = _clip(origin, job.block, job.shape)
+        if e:
+            p = np.zeros((job.classes, *[r.stop - r.start for r in region]), job.dtype)
+            p[0] = 1
+        else:
+            p = probs.pop()[(slice(None), *local)].astype(job.dtype, copy=False)
+        target[(slice(None), *region)] = p
+        # the marker follows the chunk: a block without one is computed again (a
+        # task retried by dask.distributed may find its marker there already)
+        mark_done(done_dir, index)
+    n_empty = sum(empty)
+    release_free_memory()
+    return len(origins) - n_empty, n_empty
+
+
+def _sha256(path: str) -> str:
+    if os.path.isdir(path):
+        # an unpacked bioimage.io model: its description pins the weights' sha256
+        from ..nn.bioimageio import RDF_NAMES
+
+        path = next((os.path.join(path, n) for n in RDF_NAMES
+                     if os.path.isfile(os.path.join(path, n))), path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def _open_input(path: str, checkpoint: dict, ckpt_path: str):
+    """The input image (lazily), checked against the checkpoint's model."""
+    from ..io.images import read_image
+
+    image = read_image(path)
+    cfg = checkpoint["model"]["config"]
+    ndim, channels = cfg["ndim"], cfg["in_channels"]
+    if image.ndim != ndim:
+        raise InputError(path, f"is {image.ndim}D (axes {image.axes}, shape "
+                               f"{tuple(image.data.shape)}), but the model in {ckpt_path} "
+                               f"predicts {ndim}D {'stacks' if ndim == 3 else 'images'}")
+    have = image.data.shape[0] if "c" in image.axes else 1
+    if have != channels:
+        raise InputError(path, f"has {have} channel(s) (axes {image.axes}, shape "
+                               f"{tuple(image.data.shape)}), but the model in {ckpt_path} was "
+                               f"trained on {channels}")
+    return image
+
+
+def _skip_level(path: str, image, window: Sequence[int]):
+    """The pyramid level of an OME-Zarr input for the empty-block check.
+
+    The coarsest level downsampled at most 4 times per axis (pyramids are
+    averages, so a small bright object is dimmed by at most the product)
+    that keeps at least 4 pixels per window axis. Returns (array path,
+    factors), or None (no usable level: the check then uses the window).
+    """
+    import zarr
+
+    ms = ((image.metadata.get("ngff") or {}).get("multiscales") or [{}])[0]
+    datasets = [d.get("path") for d in ms.get("datasets", []) if d.get("path")]
+    if len(datasets) < 2:
+        return None
+    # the image group: the store, or its first series (bioformats2raw)
+    roots = [r for r in (path, os.path.join(path, "0"))
+             if os.path.isdir(os.path.join(r, datasets[0]))]
+    if not roots:
+        return None
+    spatial0 = image.spatial_shape
+    best = None
+    for name in datasets[1:]:
+        try:
+            arr = zarr.open_array(os.path.join(roots[0], name), mode="r")
+        except Exception:
+            continue
+        if arr.ndim != image.data.ndim:  # singleton axes dropped on reading: no mapping
+            continue
+        shape = arr.shape[-len(spatial0):]
+        factors = tuple(max(1, round(s0 / s)) for s0, s in zip(spatial0, shape, strict=True))
+        if all(f <= 4 and w // f >= 4 for w, f in zip(window, factors, strict=True)):
+            best = (os.path.abspath(os.path.join(roots[0], name)), factors)
+    return best
+
+
+def default_workers(threads: int) -> int:
+    """Dask threads: two on any device, so one batch is read and written while
+    another is in the network; one on a single core."""
+    return 1 if threads <= 1 else 2
+
+
+def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
+                  out: str | os.PathLike, *, block: Sequence[int] | None = None,
+                  halo: Sequence[int] | None = None, batch_size: int | None = None,
+                  device: str = "auto", bf16: bool = True, tta: bool = False,
+                  skip_empty: float | None = None, dtype: str = "float32",
+                  threads: int | None = None, workers: int | None = None,
+                  scheduler: str = "threads", address: str | None = None,
+                  processes: int | None = None, resume: bool = True,
+                  progress: bool = True, dask_slurm: Mapping | None = None) -> PredictResult:
+    """Class probabilities of a preprocessed store, chunk by chunk, resumably.
+
+    Parameters
+    ----------
+    checkpoint : path
+        A checkpoint written by training (``checkpoint_best.pt``).
+    image : path
+        Preprocessed OME-Zarr store (full resolution at array ``0``, axes
+        ``c(z)yx`` or ``(z)yx``).
+    out : path
+        Output OME-Zarr store. Axes ``c(z)yx``, ``c`` the classes; chunks
+        are the blocks. It is built at :func:`partial_path` and renamed to
+        ``out`` when every block is done.
+    block, halo : sequence of int, optional
+        Output block (= chunk) and halo per spatial axis; see :func:`tiling`.
+    batch_size : int, optional
+        Blocks per forward pass. Default: 4 on CUDA, 1 on the CPU.
+    device : {"auto", "cuda", "mps", "cpu"}
+    bf16 : bool
+        bf16 autocast on CUDA.
+    tta : bool
+        Average over all flips of the spatial axes (4 passes in 2D, 8 in 3D).
+    skip_empty : float, optional
+        Blocks whose window never exceeds this (normalised) intensity in the
+        coarsest pyramid level of the input are not predicted; they are
+        written as background. None: predict every block.
+    dtype : {"float32", "float16"}
+        Stored probability type.
+    threads : int, optional
+        CPU cores to use (default: all); torch gets ``threads // workers``
+        per Dask thread.
+    workers : int, optional
+        Dask threads (per process), each running a batch: reading, network,
+        writing. Default 2 (1 on one core).
+    scheduler : {"threads", "distributed", "slurm"}
+        Dask's threaded scheduler; a ``dask.distributed`` cluster: the one
+        at ``address``, or a local one of ``processes`` worker processes; or
+        a dask-jobqueue ``SLURMCluster`` of worker jobs set by
+        ``dask_slurm`` (see :mod:`unetpipe.core.cluster`). Each worker process
+        loads the model once; with ``device="auto"`` a worker picks the
+        device.
+    resume : bool
+        Continue a partial output made with the same checkpoint, input and
+        settings, predicting only the blocks it lacks.
+    progress : bool
+        Show a progress bar.
+    dask_slurm : mapping, optional
+        The ``dask_slurm`` config section (worker jobs, cores, memory,
+        walltime, partition, ...), for ``scheduler="slurm"``; missing keys
+        take the schema's defaults. Each worker process runs ``workers``
+        Dask threads and the job's cores are shared out among them as torch
+        threads.
+
+    Returns
+    -------
+    PredictResult
+
+    Raises
+    ------
+    InputError
+        The input is unreadable, or its dimensionality or channel count does
+        not match the checkpoint's model.
+    """
+    import torch
+
+    from ..core.cluster import check_scheduler, dask_client, dask_slurm_settings
+    from ..core.device import select_device, worker_device
+    from ..nn.models import load_checkpoint
+
+    t0 = time.perf_counter()
+    ckpt_path, image_path, out = os.fspath(checkpoint), os.fspath(image), Path(os.fspath(out))
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = ckpt["model"]["config"]
+    img = _open_input(image_path, ckpt, ckpt_path)
+    spatial = img.spatial_shape
+    _check_spacing(img, ckpt, image_path)
+    for key, value in (("block", block), ("halo", halo)):
+        if value is not None and len(value) != len(spatial):
+            raise ConfigError(f"config key 'predict.{key}': {list(value)} has {len(value)} "
+                              f"values but {image_path} has {len(spatial)} spatial axes "
+                              f"({img.spatial_axes})")
+    check_scheduler(scheduler, stage="predict")
+    slurm = dask_slurm_settings(dask_slurm) if scheduler == "slurm" else None
+    if dtype not in ("float32", "float16"):
+        raise ConfigError(f"config key 'predict.dtype': {dtype!r} is not float32 or float16")
+    if cfg.get("padding", "same") == "valid" and halo is not None:
+        log.warning("predict: a valid-padding model sets its own context; the halo %s is "
+                    "ignored", list(halo))
+        halo = None
+    block_, window, offset = tiling(cfg, spatial, block=block, halo=halo)
+    threads = threads or os.cpu_count() or 1
+    workers = workers or default_workers(threads)
+    local_cluster = scheduler == "distributed" and not address
+    if slurm is not None:
+        # each worker job's cores, shared among its processes' Dask threads
+        concurrent = int(slurm["processes_per_job"]) * workers
+        torch_threads = max(1, int(slurm["cores"]) // concurrent)
+    else:
+        # Dask threads running torch at once on this machine
+        concurrent = workers * ((processes or 2) if local_cluster else 1)
+        torch_threads = max(1, threads // concurrent)
+    with dask_client(scheduler, address=address, processes=processes,
+                     threads_per_process=workers, dask_slurm=slurm) as client:
+        if client is None:
+            dev = select_device(device, key="predict.device")
+        elif device == "auto":
+            # the workers, not this process, run the network: one of them decides
+            log.info("predict: waiting for a Dask worker to pick the device")
+            client.wait_for_workers(1)
+            dev = torch.device(client.submit(worker_device, device, "predict.device",
+                                             pure=False).result())
+        else:
+            dev = torch.device(device)
+        batch_size = batch_size or (4 if dev.type == "cuda" else 1)
+        return _predict_store(
+            ckpt=ckpt, ckpt_path=ckpt_path, image_path=image_path, out=out, img=img, cfg=cfg,
+            spatial=spatial, block_=block_, window=window, offset=offset, dev=dev,
+            batch_size=batch_size, bf16=bf16, tta=tta, skip_empty=skip_empty, dtype=dtype,
+            torch_threads=torch_threads, workers=workers, resume=resume, progress=progress,
+            client=client, t0=t0)
+
+
+def _predict_store(*, ckpt, ckpt_path, image_path, out, img, cfg, spatial, block_, window,
+                   offset, dev, batch_size, bf16, tta, skip_empty, dtype, torch_threads,
+                   workers, resume, progress, client, t0) -> PredictResult:
+    """:func:`predict_store` once the device and the cluster (if any) are known."""
+    import torch
+
+    from ..core.cluster import run_tasks
+    from ..core.progress import bar
+    from ..io.images import replace_path, set_multiscale_metadata
+
+    mode = (ckpt.get("targets") or {}).get("mode") or "two_class"
+    classes = list((ckpt.get("targets") or {}).get("classes")
+                   or (["background", "cell"] if mode == "two_class"
+                       else ["background", "interior", "boundary"]))
+    n_classes = int(cfg["out_channels"])
+    classes = classes[:n_classes] + [f"class{i}" for i in range(len(classes), n_classes)]
+    skip = _skip_level(image_path, img, window) if skip_empty is not None else None
+
+    job = _Job(
+        checkpoint=os.path.abspath(ckpt_path), checkpoint_sha=_sha256(ckpt_path),
+        image=os.path.abspath(image_path), output=os.path.abspath(partial_path(out)),
+        channel_axis="c" in img.axes, shape=tuple(spatial), block=tuple(block_),
+        window=tuple(window), offset=tuple(offset), device=str(dev),
+        amp=bool(bf16) and dev.type == "cuda", tta=bool(tta),
+        skip_empty=None if skip_empty is None else float(skip_empty),
+        skip_level=skip[0] if skip else None, skip_factors=skip[1] if skip else None,
+        torch_threads=torch_threads, classes=n_classes, dtype=dtype,
+    )
+    # what the stored values depend on; threads, batch size and scheduler change
+    # nothing, the device type and bf16 change the rounding
+    fingerprint = {
+        "checkpoint_sha256": job.checkpoint_sha, "input": job.image,
+        "input_signature": input_signature(image_path), "shape": list(img.data.shape),
+        "block": list(job.block), "window": list(job.window), "offset": list(job.offset),
+        "tta": job.tta, "skip_empty": job.skip_empty, "dtype": dtype,
+        "device_type": dev.type, "bf16": job.amp,
+    }
+    partial = Path(job.output)
+    grid = [math.ceil(s / b) for s, b in zip(spatial, block_, strict=True)]
+    all_blocks = list(itertools.product(*[range(g) for g in grid]))
+    done = resume_state(partial, fingerprint, resume=resume, stage="predict")
+    if done == "complete":  # killed while finishing: every block is there
+        done = set(all_blocks)
+    elif done is None:
+        _create_output(partial, level0_shape=(n_classes, *spatial), img=img, block=job.block,
+                       dtype=dtype, fingerprint=fingerprint, classes=classes, ckpt=ckpt,
+                       ckpt_path=job.checkpoint, set_metadata=set_multiscale_metadata,
+                       settings={"block": list(job.block), "window": list(job.window),
+                                 "offset": list(job.offset), "tta": job.tta,
+                                 "skip_empty": job.skip_empty})
+        done = set()
+    todo = [b for b in all_blocks if b not in done]
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    log.info("predict: %s: shape %s, %d blocks of %s from windows of %s (%d done before), "
+             "%d batch(es) of %d on %s, %d Dask thread(s) x %d torch thread(s)%s",
+             image_path, "x".join(map(str, spatial)), len(all_blocks),
+             "x".join(map(str, block_)), "x".join(map(str, window)), len(done), len(batches),
+             batch_size, dev, workers, torch_threads, ", flip TTA" if tta else "")
+    counts = [0, 0]
+    t_start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    previous_benchmark = torch.backends.cudnn.benchmark
+    if dev.type == "cpu":
+        torch.set_num_threads(torch_threads)
+    else:
+        torch.backends.cudnn.benchmark = True  # one window shape: tune once
+    try:
+        with bar(total=len(all_blocks), initial=len(done), desc="predict", unit="block",
+                 disable=not progress) as pbar:
+            if batches:
+                results = run_tasks(_run_blocks, [(job, b) for b in batches], client=client,
+                                    workers=workers, pbar=pbar, count=sum)
+                counts = [sum(r[0] for r in results), sum(r[1] for r in results)]
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.backends.cudnn.benchmark = previous_benchmark
+        _STATE.clear()
+    seconds = time.perf_counter() - t_start
+    if len(done) < len(all_blocks):
+        finished = set(markers(partial / DONE_DIR))
+        missing = [b for b in all_blocks if b not in finished]
+        if missing:
+            raise RuntimeError(f"{len(missing)} block(s) of {partial} were not recorded as "
+                               f"done, e.g. {missing[0]}")
+    finish(partial)
+    replace_path(partial, out)
+    result = PredictResult(
+        output=os.fspath(out), shape=tuple(spatial), classes=classes, block=tuple(block_),
+        window=tuple(window), blocks=len(all_blocks), computed=counts[0],
+        skipped=counts[1], resumed=len(done), seconds=seconds, device=str(dev),
+        workers=workers, torch_threads=torch_threads, batch_size=batch_size,
+    )
+    log.info("predict: %s -> %s: %d blocks (%d computed, %d skipped as empty, %d done "
+             "before) in %.1f s: %.3g voxels/s (%.3g blocks/s), %.1f s in all",
+             image_path, out, result.blocks, result.computed, result.skipped, result.resumed,
+             seconds, result.voxels_per_second,
+             (result.computed + result.skipped) / seconds if seconds > 0 else 0.0,
+             time.perf_counter() - t0)
+    return result
+
+
+def _check_spacing(img, ckpt: dict, path: str) -> None:
+    data = ckpt.get("data") or {}
+    trained = data.get("spacing")
+    if not trained or img.unit is None or data.get("unit") is None:
+        return
+    ratio = [a / b for a, b in zip(img.spacing, trained, strict=False) if b]
+    if any(r > 1.25 or r < 0.8 for r in ratio):
+        log.warning("%s: pixel size %s differs from the training data's %s; predictions "
+                    "may suffer (resample the image, or train on data like it)", path,
+                    list(img.spacing), list(trained))
+
+
+def _create_output(partial: Path, *, level0_shape, img, block, dtype, fingerprint, classes,
+                   ckpt, ckpt_path, set_metadata, settings) -> None:
+    import zarr
+
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    root = zarr.open_group(str(partial), mode="w", zarr_format=3)
+    spatial_axes = img.spatial_axes
+    axes = "c" + spatial_axes
+    root.create_array("0", shape=level0_shape, chunks=(level0_shape[0], *block),
+                      dtype=dtype, fill_value=0, dimension_names=list(axes))
+    set_metadata(root, axes=axes, unit=img.unit, scales=[[1.0, *img.spacing]],
+                 name="probabilities")
+    root.attrs["unetpipe"] = {
+        "stage": "predict", "classes": classes, "source": os.path.abspath(img.path),
+        "checkpoint": ckpt_path, "checkpoint_iteration": ckpt.get("iteration"),
+        "mode": (ckpt.get("targets") or {}).get("mode"), "fingerprint": fingerprint,
+        **settings,
+    }
+    (partial / DONE_DIR).mkdir()

@@ -1,0 +1,632 @@
+"""Training the U-Net: weighted cross-entropy, elastic augmentation, resumable.
+
+:func:`train_model` trains on random patches of the training images (read
+from their preprocessed and targets stores) and validates every
+``train.val_every`` iterations by predicting the validation images whole
+(overlap-tile), taking the connected components of the cell class as
+instances and scoring them with AP at IoU 0.5. It writes to the output
+folder (``results/model/``):
+
+``checkpoint_best.pt``
+    The weights with the best validation AP (the last weights when there is
+    nothing to validate on).
+``checkpoint_last.pt``
+    Everything a resumed run needs: weights, optimiser, schedule and random
+    states, history, and the best weights so far. Written every
+    ``train.checkpoint_every`` iterations. A run started again with the same
+    model, targets and data continues from it; see :func:`resume_state`.
+``history.csv``, ``training_curves.png``
+    Training loss and validation AP per iteration.
+
+Batches and augmentations are drawn from generators seeded by ``(seed,
+iteration)``, and the global torch generator (dropout) is saved in the
+checkpoint, so a resumed run repeats the interrupted one exactly with
+deterministic settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..core.device import select_device
+from ..core.errors import ConfigError, InputError, UnetpipeError
+from ..io.images import atomic_output
+from ..nn.checkpoint import FORMAT, VERSION, plain, save_checkpoint
+from ..nn.models import load_checkpoint
+
+log = logging.getLogger("unetpipe")
+
+# Default patch per spatial axis.
+DEFAULT_PATCH = {2: (128, 128), 3: (32, 96, 96)}
+# Validation instances smaller than this (pixels) are dropped as fragments.
+VAL_MIN_SIZE = {2: 8, 3: 27}
+# Training loss is averaged into one history row per this many iterations.
+LOG_EVERY = 10
+# Keys that may change between a run and its resumption.
+_RESUMABLE_CHANGES = ("iterations", "minutes", "val_every", "checkpoint_every", "device",
+                      "compile", "resume")
+HISTORY_FIELDS = ("iteration", "loss", "lr", "val_ap", "val_iou", "val_tp", "val_fp", "val_fn",
+                  "seconds")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run did."""
+
+    out_dir: str
+    iterations: int
+    start_iteration: int
+    best_ap: float | None
+    best_iteration: int | None
+    final_loss: float | None
+    seconds: float
+    iterations_per_second: float
+    device: str
+    stopped_by: str
+
+
+@dataclass
+class ValImage:
+    """A validation image held in memory with its ground truth."""
+
+    name: str
+    image: np.ndarray  # (C, *S) float32
+    gt: np.ndarray  # S, integer instance labels
+
+
+# --- small pieces ---------------------------------------------------------------
+
+
+class LRSchedule:
+    """Learning rate as a function of training progress.
+
+    Linear warm-up over ``warmup`` iterations, then ``cosine`` (down to 1% of
+    the peak), ``step`` (/10 at 60% and 85% of the budget) or ``constant``.
+    Progress is the larger of the iteration and time fractions of the budget,
+    so a run that ends on its time budget has annealed too.
+    """
+
+    def __init__(self, *, lr: float, kind: str = "cosine", warmup: int = 0):
+        if kind not in ("cosine", "step", "constant"):
+            raise ValueError(f"unknown schedule {kind!r}")
+        self.lr, self.kind, self.warmup = float(lr), kind, int(warmup)
+        self.last_lr = float(lr)
+
+    def __call__(self, iteration: int, progress: float) -> float:
+        p = min(max(progress, 0.0), 1.0)
+        if self.kind == "cosine":
+            f = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p))
+        elif self.kind == "step":
+            f = 1.0 if p < 0.6 else 0.1 if p < 0.85 else 0.01
+        else:
+            f = 1.0
+        if self.warmup:
+            f *= min(1.0, (iteration + 1) / self.warmup)
+        self.last_lr = self.lr * f
+        return self.last_lr
+
+    def state_dict(self) -> dict:
+        return {"lr": self.lr, "kind": self.kind, "warmup": self.warmup, "last_lr": self.last_lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_lr = float(state["last_lr"])
+
+
+def _batch_seed(seed: int, iteration: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, iteration, stream]).generate_state(1)[0])
+
+
+def fingerprint(parts: dict) -> str:
+    """A short hash of what must not change for a run to be resumed."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_val_image(store_path: str | os.PathLike, *, name: str | None = None) -> ValImage:
+    """A preprocessed store's image and ground truth, in memory, for validation."""
+    import zarr
+
+    from ..inputs.samples import sample_name
+
+    store_path = os.fspath(store_path)
+    try:
+        image = np.asarray(zarr.open_array(os.path.join(store_path, "0"), mode="r")[...])
+    except Exception as e:
+        raise InputError(store_path, f"cannot read the preprocessed image: {e}") from e
+    gt_path = os.path.join(store_path, "labels", "gt", "0")
+    if not os.path.isdir(gt_path):
+        raise InputError(store_path, "validation images need ground-truth labels (labels/gt)")
+    gt = np.asarray(zarr.open_array(gt_path, mode="r")[...])
+    return ValImage(name or sample_name(store_path), image.astype(np.float32, copy=False), gt)
+
+
+def validate(model, images: Sequence[ValImage], *, mode: str, device=None,
+             amp: bool = False) -> dict:
+    """Validation AP at IoU 0.5, pooled over the images.
+
+    Each image is predicted whole (overlap-tile), instances are the connected
+    components of the cell class (:func:`unetpipe.stages.instances.connected_instances`),
+    and TP, FP and FN are summed over the images before AP = TP / (TP + FP +
+    FN). ``iou`` is the mean IoU of the matched objects. The model is left
+    in eval mode.
+    """
+    from ..nn.tiles import predict_array
+    from .instances import connected_instances
+    from .metrics import match
+
+    tp = fp = fn = 0
+    iou_sum = 0.0
+    for item in images:
+        probs = predict_array(model, item.image, device=device, amp=amp)
+        labels = connected_instances(probs, mode=mode, min_size=VAL_MIN_SIZE[item.gt.ndim])
+        m = match(item.gt, labels, threshold=0.5)
+        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+        iou_sum += m.mean_matched_iou * m.tp
+    total = tp + fp + fn
+    return {"ap": 1.0 if total == 0 else tp / total, "tp": tp, "fp": fp, "fn": fn,
+            "iou": iou_sum / tp if tp else 0.0}
+
+
+def write_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """history.csv, written atomically."""
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_FIELDS})
+
+
+def plot_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """training_curves.png: training loss and validation AP against iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(os.fspath(path))
+    loss = [(r["iteration"], r["loss"]) for r in rows if r.get("loss") is not None]
+    scored = [r for r in rows if r.get("val_ap") is not None]
+    val = [(r["iteration"], r["val_ap"]) for r in scored]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if loss:
+        ax.plot(*zip(*loss, strict=True), color="tab:blue", lw=1.2, label="training loss")
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training loss", color="tab:blue")
+    ax2 = ax.twinx()
+    if val:
+        ax2.plot(*zip(*val, strict=True), color="tab:red", marker="o", ms=3, lw=1.2,
+                 label="validation AP@0.5")
+        # the checkpoint kept: best AP, ties to the better outlines (as in training)
+        top = max(scored, key=lambda r: (r["val_ap"], r.get("val_iou") or 0.0))
+        ax2.annotate(f"best {top['val_ap']:.3f} at {top['iteration']}",
+                     (top["iteration"], top["val_ap"]), textcoords="offset points",
+                     xytext=(-60, -15), color="tab:red", fontsize=8)
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("validation AP at IoU 0.5", color="tab:red")
+    ax.set_title("unetpipe training")
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def resume_state(path: str | os.PathLike, *, fingerprint_: str, iterations: int,
+                 minutes: float | None) -> dict | None:
+    """The checkpoint to resume from, or None to start afresh (with the reason logged).
+
+    A run resumes when ``checkpoint_last.pt`` exists, was written for the
+    same model, targets, augmentation and training data (its fingerprint),
+    and has budget left under the current settings.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except InputError as e:
+        log.warning("train: not resuming: %s", e)
+        return None
+    if ckpt.get("fingerprint") != fingerprint_:
+        log.info("train: %s is from a run with other settings or data; starting afresh", path)
+        return None
+    it, elapsed = int(ckpt["iteration"]), float(ckpt["elapsed"])
+    if it >= iterations or (minutes is not None and elapsed >= 60 * minutes):
+        log.info("train: %s holds a finished run (iteration %d, %.0f s); starting afresh",
+                 path, it, elapsed)
+        return None
+    return ckpt
+
+
+# --- the training run -------------------------------------------------------------
+
+
+def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[str],
+                out_dir: str | os.PathLike, *, config: dict, progress: bool = True,
+                stop_at: int | None = None) -> TrainResult:
+    """Train a U-Net and write checkpoints, history and curves to ``out_dir``.
+
+    Parameters
+    ----------
+    train_stores : sequence of (str, str)
+        ``(preprocessed store, targets store)`` per training image.
+    val_stores : sequence of str
+        Preprocessed stores (with ``labels/gt``) of the validation images.
+        When empty, ``train.val_fraction`` of the training images are held
+        out instead.
+    out_dir : str or os.PathLike
+        Output folder, e.g. ``results/model``.
+    config : dict
+        A validated config; sections ``model``, ``train`` and ``augment`` are
+        used and stored in the checkpoints, with the target and
+        normalisation settings found in the stores.
+    progress : bool
+        Show a progress bar.
+    stop_at : int, optional
+        Stop after this iteration as if the budget ended there, without
+        marking the run finished (for tests and benchmarks).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    InputError
+        A store is missing or the training images do not fit together.
+    ConfigError
+        A setting does not fit the data (patch shape, device).
+    """
+    import torch
+
+    # process-wide switches that training sets: put back afterwards
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        return _train_model(train_stores, val_stores, out_dir, config=config,
+                            progress=progress, stop_at=stop_at)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _train_model(train_stores, val_stores, out_dir, *, config, progress, stop_at):
+    import torch
+
+    from ..inputs.samples import sample_name
+    from ..nn.data import PatchSampler, Prefetcher, open_training_sample
+    from ..nn.loss import SegmentationLoss
+    from ..nn.model import UNet, anisotropic_pooling, valid_input_shape
+    from ..nn.transforms import Augment
+
+    t_setup = time.perf_counter()
+    tcfg, mcfg, acfg = config["train"], config["model"], config["augment"]
+    out_dir = Path(os.fspath(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not train_stores:
+        raise ConfigError("no training images: set data.train.images and data.train.labels")
+
+    # -- data
+    train_stores = [(os.fspath(a), os.fspath(b)) for a, b in train_stores]
+    val_stores = [os.fspath(v) for v in val_stores]
+    if not val_stores and tcfg["val_fraction"] > 0 and len(train_stores) >= 2:
+        rng = np.random.default_rng(tcfg["seed"])
+        # at least one image held out, at least one left to train on
+        n_val = min(max(1, round(tcfg["val_fraction"] * len(train_stores))),
+                    len(train_stores) - 1)
+        held = set(rng.choice(len(train_stores), n_val, replace=False).tolist())
+        val_stores = [train_stores[i][0] for i in sorted(held)]
+        train_stores = [s for i, s in enumerate(train_stores) if i not in held]
+        log.info("train: no validation images configured; holding out %s",
+                 ", ".join(sample_name(v) for v in val_stores))
+    samples = [open_training_sample(img, tgt) for img, tgt in train_stores]
+    first = samples[0]
+    for s in samples[1:]:
+        if (s.mode, s.channels, len(s.shape)) != (first.mode, first.channels, len(first.shape)):
+            raise InputError(train_stores[samples.index(s)][1],
+                             f"{s.name}: {s.mode}, {s.channels} channel(s), {len(s.shape)}D "
+                             f"does not match {first.name}: {first.mode}, {first.channels} "
+                             f"channel(s), {len(first.shape)}D")
+    val_images = [load_val_image(v) for v in val_stores]
+    ndim = len(first.shape)
+    for v in val_images:
+        if v.image.shape[0] != first.channels or v.gt.ndim != ndim:
+            raise InputError(v.name, f"validation image of shape {v.image.shape} does not match "
+                                     f"the training images ({first.channels} channel(s), {ndim}D)")
+    mode = first.mode
+    n_classes = 2 if mode == "two_class" else 3
+
+    # -- model
+    pooling = None
+    if ndim == 3 and mcfg["anisotropic"]:
+        pooling = anisotropic_pooling(first.spacing, depth=mcfg["depth"])
+    model_config = dict(ndim=ndim, in_channels=first.channels, out_channels=n_classes,
+                        depth=mcfg["depth"], features=mcfg["features"], padding=mcfg["padding"],
+                        norm=mcfg["norm"], dropout=mcfg["dropout"], pooling=pooling)
+    arch = dict(ndim=ndim, depth=mcfg["depth"], pooling=pooling, padding=mcfg["padding"])
+    asked = tuple(tcfg["patch"] or DEFAULT_PATCH[ndim])
+    if len(asked) != ndim:
+        raise ConfigError(f"config key 'train.patch': {list(asked)} has {len(asked)} values but "
+                          f"the training images are {ndim}D")
+    patch = tuple(valid_input_shape(asked, **arch))
+    if patch != asked:
+        log.info("train: patch %s rounded up to %s, which the network accepts", list(asked),
+                 list(patch))
+
+    device = select_device(tcfg["device"])
+    cuda = device.type == "cuda"
+    amp = bool(tcfg["bf16"]) and cuda
+    if tcfg["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        if cuda:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+    elif cuda:
+        torch.backends.cudnn.benchmark = True
+
+    torch.manual_seed(tcfg["seed"])
+    model = UNet(**model_config)
+    model_config = model.config  # normalised (explicit pooling list)
+    model.to(device)
+    if amp:
+        model.to(memory_format=torch.channels_last if ndim == 2 else torch.channels_last_3d)
+    params = list(model.parameters())
+    if tcfg["optimizer"] == "adam":
+        opt_cls = torch.optim.AdamW if tcfg["weight_decay"] else torch.optim.Adam
+        optimizer = opt_cls(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    else:
+        optimizer = torch.optim.SGD(params, lr=tcfg["lr"], momentum=tcfg["momentum"],
+                                    weight_decay=tcfg["weight_decay"])
+    schedule = LRSchedule(lr=tcfg["lr"], kind=tcfg["schedule"], warmup=tcfg["warmup"])
+    loss_fn = SegmentationLoss(dice=tcfg["dice"])
+    augment = Augment(elastic=acfg["elastic"], elastic_sigma=acfg["elastic_sigma"],
+                      elastic_grid=acfg["elastic_grid"],
+                      elastic_probability=acfg["elastic_probability"], flip=acfg["flip"],
+                      rot90=acfg["rot90"], scale=acfg["scale"], shift=acfg["shift"],
+                      gamma=acfg["gamma"], noise=acfg["noise"])
+
+    # -- what the checkpoint describes, and what must match to resume
+    targets_info = {k: first.attrs.get(k) for k in ("mode", "classes", "w0", "sigma",
+                                                    "class_balance")}
+    pre_attrs = _store_attrs(train_stores[0][0])
+    normalization = {"percentiles": pre_attrs.get("percentiles"), "clip": pre_attrs.get("clip")}
+    data_info = {"ndim": ndim, "channels": first.channels, "spacing": list(first.spacing),
+                 "unit": first.attrs.get("unit"), "patch": list(patch),
+                 "train": [s.name for s in samples], "val": [v.name for v in val_images]}
+
+    def settings(attrs: dict) -> dict:
+        # what a store was made with, not where it was made: a moved project resumes
+        return {k: v for k, v in attrs.items() if k not in ("source", "labels_source")}
+
+    fp = fingerprint({
+        "model": model_config, "targets": [settings(s.attrs) for s in samples],
+        "preprocessed": [settings(_store_attrs(img)) for img, _ in train_stores]
+        + [settings(_store_attrs(v)) for v in val_stores],
+        "val_shapes": [list(v.image.shape) for v in val_images],
+        "shapes": [list(s.shape) for s in samples], "data": data_info,
+        "train": {k: v for k, v in tcfg.items() if k not in _RESUMABLE_CHANGES},
+        "augment": acfg, "normalization": normalization,
+    })
+    iterations, minutes = int(tcfg["iterations"]), tcfg["minutes"]
+    last_path, best_path = out_dir / "checkpoint_last.pt", out_dir / "checkpoint_best.pt"
+
+    def _describe() -> dict:
+        return {
+            "format": FORMAT, "version": VERSION, "unetpipe_version": __version__,
+            "torch_version": str(torch.__version__),  # a str subclass that would need pickle
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "normalization": plain(normalization), "targets": plain(targets_info),
+            "data": plain(data_info), "fingerprint": fp,
+            # the settings that shaped this model: the training sections as
+            # given, targets and normalisation as found in the stores
+            "config": plain({"model": mcfg, "train": tcfg, "augment": acfg,
+                              "targets": targets_info, "preprocess": normalization}),
+        }
+
+    start, elapsed0, history, best, pending = 0, 0.0, [], None, (0.0, 0)
+    ckpt = resume_state(last_path, fingerprint_=fp, iterations=iterations,
+                        minutes=minutes) if tcfg["resume"] else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"]["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if cuda and ckpt["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        start, elapsed0 = int(ckpt["iteration"]), float(ckpt["elapsed"])
+        history, best = list(ckpt["history"]), ckpt.get("best")
+        pending = ckpt.get("pending_loss", pending)
+        log.info("train: resuming from %s at iteration %d (%.0f s done)", last_path, start,
+                 elapsed0)
+        if best is not None and not best_path.exists():
+            _save_best(best_path, best, _describe() | {"model_config": model_config})
+    del ckpt
+
+    train_net = torch.compile(model) if tcfg["compile"] else model
+    sampler = PatchSampler(samples, patch_shape=patch, foreground=tcfg["foreground"],
+                           seed=tcfg["seed"])
+
+    def state_dict_cpu(m):
+        return {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
+
+    def save_last(iteration: int, elapsed: float, finished: bool) -> None:
+        payload = _describe()
+        payload.update({
+            "model": {"class": "UNet", "config": plain(model_config),
+                      "state_dict": state_dict_cpu(model)},
+            "iteration": iteration, "elapsed": elapsed, "finished": finished,
+            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+            "history": plain(history), "best": best,
+            # the loss of the iterations since the last history row
+            "pending_loss": [loss_sum, loss_n],
+        })
+        save_checkpoint(payload, last_path)
+
+    def run_validation(iteration: int) -> dict | None:
+        nonlocal best
+        if not val_images:
+            return None
+        scores = validate(model, val_images, mode=mode, device=device, amp=amp)
+        model.train()
+        # ties in AP (common once every object is found) go to the better outlines
+        if best is None or (scores["ap"], scores["iou"]) > (best["ap"], best["iou"]):
+            best = {"iteration": iteration, "ap": float(scores["ap"]),
+                    "iou": float(scores["iou"]), "state_dict": state_dict_cpu(model)}
+            _save_best(best_path, best, _describe() | {"model_config": model_config})
+        return scores
+
+    log.info("train: %d training and %d validation image(s), %s, %s; U-Net %dD depth %d, "
+             "%d features, %s padding, %s norm, %.2fM parameters; patch %s, batch %d; "
+             "device %s%s; setup %.1f s", len(samples), len(val_images), mode,
+             "spacing " + "x".join(f"{s:g}" for s in first.spacing), ndim, mcfg["depth"],
+             mcfg["features"], mcfg["padding"], mcfg["norm"],
+             sum(p.numel() for p in params) / 1e6, "x".join(map(str, patch)),
+             tcfg["batch_size"], device.type, " (bf16, channels_last)" if amp else "",
+             time.perf_counter() - t_setup)
+
+    end = iterations if stop_at is None else min(iterations, int(stop_at))
+    model.train()
+    t0 = time.perf_counter()
+    elapsed = elapsed0
+    iteration = start
+    stopped_by = "iterations"
+    loss_sum, loss_n, last_loss = float(pending[0]), int(pending[1]), None
+    bar = None
+    if progress:
+        from ..core.progress import bar as make_bar
+
+        bar = make_bar(total=iterations, initial=start, desc="train", unit="it")
+    last_saved = start
+    try:
+        with Prefetcher(sampler, batch_size=tcfg["batch_size"], start=start) as batches:
+            while iteration < end:
+                if minutes is not None and elapsed >= 60 * minutes:
+                    stopped_by = "minutes"
+                    break
+                index, (x, t, w) = next(batches)
+                assert index == iteration
+                x = torch.from_numpy(x).to(device, non_blocking=True)
+                t = torch.from_numpy(t).to(device, non_blocking=True)
+                w = torch.from_numpy(w).to(device, non_blocking=True)
+                gen = torch.Generator().manual_seed(_batch_seed(tcfg["seed"], iteration, 1))
+                x, t, w = augment(x, t, w, generator=gen)
+                if amp:
+                    x = x.contiguous(memory_format=torch.channels_last if ndim == 2
+                                     else torch.channels_last_3d)
+                # the time fraction would make the rate depend on the machine's speed
+                progress_frac = iteration / iterations if tcfg["deterministic"] else max(
+                    iteration / iterations, elapsed / (60 * minutes) if minutes else 0.0)
+                lr = schedule(iteration, progress_frac)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = train_net(x)
+                loss = loss_fn(logits, t.long(), w)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise UnetpipeError(f"training diverged at iteration {iteration} (loss "
+                                        f"{value}); lower train.lr")
+                loss_sum, loss_n, last_loss = loss_sum + value, loss_n + 1, value
+                iteration += 1
+                elapsed = elapsed0 + time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2g}", refresh=False)
+                validate_now = iteration % tcfg["val_every"] == 0
+                if iteration % LOG_EVERY == 0 or validate_now or iteration == iterations:
+                    row = {"iteration": iteration, "loss": round(loss_sum / loss_n, 6),
+                           "lr": lr, "seconds": round(elapsed, 2)}
+                    loss_sum, loss_n = 0.0, 0
+                    if validate_now:
+                        scores = run_validation(iteration)
+                        elapsed = elapsed0 + time.perf_counter() - t0
+                        if scores is not None:
+                            row.update(val_ap=round(scores["ap"], 6),
+                                       val_iou=round(scores["iou"], 6), val_tp=scores["tp"],
+                                       val_fp=scores["fp"], val_fn=scores["fn"])
+                            log.info("train: iteration %d/%d, loss %.4f, validation AP@0.5 "
+                                     "%.3f (best %.3f at %d), %.0f s", iteration, iterations,
+                                     row["loss"], scores["ap"], best["ap"], best["iteration"],
+                                     elapsed)
+                    history.append(row)
+                if validate_now or iteration - last_saved >= tcfg["checkpoint_every"]:
+                    save_last(iteration, elapsed, finished=False)
+                    last_saved = iteration
+                    if validate_now:
+                        write_history(history, out_dir / "history.csv")
+    finally:
+        if bar is not None:
+            bar.close()
+
+    finished = stop_at is None or iteration >= iterations or stopped_by == "minutes"
+    if finished and loss_n:  # the last, shorter interval of a run stopped by the clock
+        history.append({"iteration": iteration, "loss": round(loss_sum / loss_n, 6),
+                        "lr": schedule.last_lr, "seconds": round(elapsed, 2)})
+        loss_sum, loss_n = 0.0, 0
+    if finished and val_images and (not history or history[-1].get("val_ap") is None
+                                    or history[-1]["iteration"] != iteration):
+        scores = run_validation(iteration)
+        row = {"iteration": iteration, "loss": None, "lr": schedule.last_lr,
+               "seconds": round(elapsed, 2), "val_ap": round(scores["ap"], 6),
+               "val_iou": round(scores["iou"], 6), "val_tp": scores["tp"],
+               "val_fp": scores["fp"], "val_fn": scores["fn"]}
+        if history and history[-1]["iteration"] == iteration:
+            history[-1].update({k: v for k, v in row.items() if k != "loss"})
+        else:
+            history.append(row)
+        log.info("train: final validation at iteration %d: AP@0.5 %.3f (best %.3f at %d)",
+                 iteration, scores["ap"], best["ap"], best["iteration"])
+    if finished and not val_images:
+        best = {"iteration": iteration, "ap": None, "iou": None,
+                "state_dict": state_dict_cpu(model)}
+        _save_best(best_path, best, _describe() | {"model_config": model_config})
+    save_last(iteration, elapsed, finished=finished)
+    write_history(history, out_dir / "history.csv")
+    if finished:
+        plot_history(history, out_dir / "training_curves.png")
+    done = iteration - start
+    seconds = time.perf_counter() - t0
+    return TrainResult(
+        out_dir=os.fspath(out_dir), iterations=iteration, start_iteration=start,
+        best_ap=None if best is None else best["ap"],
+        best_iteration=None if best is None else best["iteration"], final_loss=last_loss,
+        seconds=seconds, iterations_per_second=done / seconds if seconds > 0 else 0.0,
+        device=device.type, stopped_by=stopped_by,
+    )
+
+
+def _store_attrs(store_path: str) -> dict:
+    import zarr
+
+    try:
+        return dict(zarr.open_group(store_path, mode="r").attrs.get("unetpipe", {}))
+    except Exception:  # attributes are descriptive only
+        return {}
+
+
+def _save_best(path: Path, best: dict, describe: dict) -> None:
+    model_config = describe.pop("model_config", None)
+    payload = dict(describe)
+    payload.update({"iteration": best["iteration"], "val_ap": best["ap"],
+                    "val_iou": best.get("iou"), "finished": True,
+                    "model": {"class": "UNet", "config": plain(model_config),
+                              "state_dict": best["state_dict"]}})
+    save_checkpoint(payload, path)
