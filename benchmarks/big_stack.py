@@ -186,7 +186,8 @@ def generate(path: Path, shape, *, processes: int = 2) -> float:
     """Write the stack as an uncompressed OME-Zarr, chunk by chunk; seconds taken."""
     global _FIELD
     import zarr
-    from unetpipe.io.images.images import set_multiscale_metadata
+
+    from unetpipe.io.images import set_multiscale_metadata
 
     t0 = time.perf_counter()
     tmp = path.with_name(path.name + ".partial")
@@ -238,7 +239,7 @@ def unetpipe(log: Path, *args):
 
 def small_model(*, depth: int, features: int, minutes: float, lr: float) -> Path:
     """A small 3D U-Net trained briefly on stacks from the same generator (cached)."""
-    from unetpipe.io.images.images import write_tiff
+    from unetpipe.io.images import write_tiff
 
     folder = CACHE / f"big-stack-model-d{depth}-f{features}-m{minutes:g}-lr{lr:g}-p16"
     ckpt = folder / "model" / "checkpoint_best.pt"

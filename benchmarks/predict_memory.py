@@ -40,7 +40,8 @@ CACHE = Path(os.environ.get("UNETPIPE_BENCH_CACHE", "/tmp/unetpipe-bench"))
 def synthetic_stack(shape, path: Path) -> Path:
     """A smooth pattern with noise and blobs, written chunk by chunk (cached)."""
     import dask.array as da
-    from unetpipe.io.images.images import write_ome_zarr
+
+    from unetpipe.io.images import write_ome_zarr
 
     if (path / "zarr.json").exists():
         return path

@@ -38,10 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from unetpipe.io.images.images import write_ome_zarr
 
 from unetpipe.core.config import defaults
 from unetpipe.core.device import select_device
+from unetpipe.io.images import write_ome_zarr
 from unetpipe.nn.checkpoint import FORMAT, VERSION, build_model, save_checkpoint
 from unetpipe.nn.model import UNet
 from unetpipe.nn.models import load_checkpoint

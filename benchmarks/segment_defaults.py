@@ -20,8 +20,8 @@ from pathlib import Path
 
 def main() -> None:
     import zarr
-    from unetpipe.io.images.images import read_labels
 
+    from unetpipe.io.images import read_labels
     from unetpipe.stages.instances import SegmentParams, segment_array
     from unetpipe.stages.metrics import score
 

@@ -57,7 +57,8 @@ def probabilities_from_labels(labels, *, sigma=1.0, noise=0.1, seed=0):
 
 def create_store(path: Path, shape, chunks, spacing=None):
     import zarr
-    from unetpipe.io.images.images import set_multiscale_metadata
+
+    from unetpipe.io.images import set_multiscale_metadata
 
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     arr = root.create_array("0", shape=shape, chunks=chunks, dtype=np.float32, fill_value=0)

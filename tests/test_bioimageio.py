@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 import zarr
-from unetpipe.io.images.images import write_ome_zarr, write_tiff
 
 from unetpipe.cli import main
 from unetpipe.core.errors import InputError, UnetpipeError
+from unetpipe.io.images import write_ome_zarr, write_tiff
 from unetpipe.nn.bioimageio import (
     UNetProbabilities,
     declared_preprocessing,
@@ -311,7 +311,7 @@ def test_cli_export(exported, tmp_path, caplog):
     assert list(rdf["weights"]) == ["pytorch_state_dict"]
     assert read_npy(out, "test_input.npy").shape == (1, 1, 28, 20)
     # unetpipe info reads the package as it reads a checkpoint
-    from unetpipe.report.figures.describe import checkpoint_info
+    from unetpipe.report.describe import checkpoint_info
 
     info = checkpoint_info(load_checkpoint(out))
     assert info["bioimageio"]["name"] == "tiny nuclei"

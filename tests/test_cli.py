@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from unetpipe.io.images.images import read_image, read_labels, write_tiff
+
+from unetpipe.io.images import read_image, read_labels, write_tiff
 
 
 def run(*args, cwd=None):
@@ -217,7 +218,7 @@ def test_synth_shape_mismatch_names_the_key(tmp_path):
 
 
 def test_targets_command(tmp_path):
-    from unetpipe.io.images.images import write_ome_zarr
+    from unetpipe.io.images import write_ome_zarr
 
     labels = np.zeros((40, 40), np.uint16)
     labels[5:20, 5:20] = 1

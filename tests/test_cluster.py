@@ -18,8 +18,8 @@ import torch
 import yaml
 import zarr
 from tiny_workflow import TINY as TINY_BASE
-from unetpipe.io.images.images import write_ome_zarr
 
+from unetpipe.io.images import write_ome_zarr
 from unetpipe.nn.model import UNet
 from unetpipe.stages.instances import SegmentParams
 from unetpipe.stages.predict import DONE_DIR, partial_path, predict_store

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from unetpipe.io.images.images import write_ome_zarr
 
 from unetpipe.core.errors import InputError
 from unetpipe.inputs.synth import random_nuclei_labels
+from unetpipe.io.images import write_ome_zarr
 from unetpipe.nn.data import (
     FOREGROUND_CELL,
     PatchSampler,

@@ -7,14 +7,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from unetpipe.io.images.images import write_ome_zarr
-from unetpipe.report.figures.describe import checkpoint_info, format_info
 
 from unetpipe.core.config import validate_config
 from unetpipe.inputs.synth import synthetic_nuclei
+from unetpipe.io.images import write_ome_zarr
 from unetpipe.nn.checkpoint import FORMAT, VERSION, save_checkpoint
 from unetpipe.nn.model import UNet, receptive_field
 from unetpipe.nn.models import load_checkpoint
+from unetpipe.report.describe import checkpoint_info, format_info
 from unetpipe.stages.preprocess import percentile_normalize
 from unetpipe.stages.targets import write_targets
 from unetpipe.stages.train import train_model

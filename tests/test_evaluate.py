@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from unetpipe.io.images.images import set_multiscale_metadata, write_ome_zarr
 
 from unetpipe.core.errors import ConfigError, InputError
+from unetpipe.io.images import set_multiscale_metadata, write_ome_zarr
 from unetpipe.stages.evaluate import evaluate_store, summarize, summary_columns, write_metrics
 from unetpipe.stages.metrics import DEFAULT_THRESHOLDS, Scores, pool_scores, score
 

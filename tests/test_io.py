@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from unetpipe.io.images.images import (
+
+from unetpipe.core.errors import InputError
+from unetpipe.io.images import (
     atomic_output,
     default_chunks,
     read_image,
@@ -14,8 +16,6 @@ from unetpipe.io.images.images import (
     write_ome_zarr,
     write_tiff,
 )
-
-from unetpipe.core.errors import InputError
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_compressed_multipage_tiff_is_read_lazily_page_by_page(tmp_path, rng):
 
 @pytest.mark.parametrize("byteorder", ["<", ">"])
 def test_uncompressed_tiff_is_read_by_row_regions(tmp_path, rng, byteorder, monkeypatch):
-    import unetpipe.io.images.images as io
+    import unetpipe.io.images as io
 
     # a single-strip plane is one TIFF chunk; it is read in bands of rows instead
     data = rng.integers(0, 60000, size=(300, 200)).astype(np.uint16)
@@ -107,7 +107,7 @@ def test_uncompressed_tiff_is_read_by_row_regions(tmp_path, rng, byteorder, monk
 
 
 def test_row_chunks_are_about_the_target_size():
-    from unetpipe.io.images.images import _row_chunks
+    from unetpipe.io.images import _row_chunks
 
     assert _row_chunks((272, 2048, 2048), 2) == (4, 2048, 2048)  # 32 MiB of whole planes
     assert _row_chunks((12000, 12000), 2) == (1398, 12000)

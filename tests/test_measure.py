@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from unetpipe.io.images.images import read_image, read_labels, write_ome_zarr
 
 from unetpipe.core.errors import InputError
+from unetpipe.io.images import read_image, read_labels, write_ome_zarr
 from unetpipe.stages.measure import (
     block_measurements,
     combine_measurements,

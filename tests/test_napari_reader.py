@@ -15,14 +15,14 @@ import pytest
 import zarr
 from numpy.testing import assert_array_equal
 from test_segment import probabilities_from_labels, write_probabilities
-from unetpipe.io.images.images import (
+
+from unetpipe.inputs.synth import synthetic_nuclei
+from unetpipe.io.images import (
     read_image,
     set_multiscale_metadata,
     write_ome_zarr,
     write_tiff,
 )
-
-from unetpipe.inputs.synth import synthetic_nuclei
 from unetpipe.stages.instances import SegmentParams
 from unetpipe.stages.preprocess import preprocess_file
 from unetpipe.stages.segment import segment_store
@@ -301,7 +301,7 @@ def test_a_big_store_opens_in_seconds_without_reading_pixels(tmp_path, make_napa
 
 # --- the manifest ------------------------------------------------------------------------
 
-OURS = ("unetpipe.get_reader", "unetpipe.touching_cells", "unetpipe.stages.segment")
+OURS = ("unetpipe.get_reader", "unetpipe.touching_cells", "unetpipe.segment")
 
 
 def test_manifest_commands_of_the_reader_sample_and_segment_widget_import():

@@ -13,12 +13,12 @@ pytest.importorskip("pytestqt")
 
 from qtpy.QtCore import QItemSelectionModel, Qt
 from test_review import chunk_files, labels_2d, labels_3d, make_results
-from unetpipe.io.images.images import read_labels
 
+from unetpipe.io.images import read_labels
 from unetpipe.plugin.review_widget import ReviewWidget, camera_of
-from unetpipe.review.store import edits
-from unetpipe.review.store import queue as rq
-from unetpipe.review.store import store as rv
+from unetpipe.review import edits
+from unetpipe.review import queue as rq
+from unetpipe.review import store as rv
 
 pytestmark = pytest.mark.napari
 
@@ -275,7 +275,8 @@ def big_results(root):
     """A sample of 8192 x 8192 pixels in 1024 x 1024 chunks, almost nothing on disk:
     the image has a pyramid of three levels, the labels one object."""
     import zarr
-    from unetpipe.io.images.images import set_multiscale_metadata
+
+    from unetpipe.io.images import set_multiscale_metadata
 
     results, n, c = root / "results", 8192, 1024
     pre = zarr.open_group(str(results / "preprocessed/cells.ome.zarr"), mode="w",

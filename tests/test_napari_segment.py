@@ -10,12 +10,12 @@ import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from test_segment import assert_same_up_to_relabelling, write_probabilities
-from unetpipe.io.images.images import read_image, write_ome_zarr
 
 from unetpipe.core import progress
 from unetpipe.core.config import validate_config
 from unetpipe.core.errors import UnetpipeError
 from unetpipe.inputs.synth import synthetic_nuclei, touching_pairs
+from unetpipe.io.images import read_image, write_ome_zarr
 from unetpipe.nn.checkpoint import FORMAT, VERSION, build_model, save_checkpoint
 from unetpipe.nn.model import UNet
 from unetpipe.nn.models import load_checkpoint

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from unetpipe.io.images.images import read_image, write_ome_zarr
 
 from unetpipe.cli import main
 from unetpipe.core.errors import ConfigError, InputError
+from unetpipe.io.images import read_image, write_ome_zarr
 from unetpipe.nn.checkpoint import FORMAT, VERSION, save_checkpoint
 from unetpipe.nn.model import UNet
 from unetpipe.nn.tiles import mirror_index, predict_array, tiling
@@ -443,7 +443,7 @@ def test_distributed_cluster_loads_the_model_once_per_worker(tmp_path):
                                block=(16, 16), scheduler="distributed",
                                address=cluster.scheduler_address, threads=2, workers=2,
                                progress=False)
-        loads = client.run(lambda: list(__import__("unetpipe.stages.predict").predict.MODEL_LOADS))
+        loads = client.run(lambda: list(__import__("unetpipe.stages.predict").stages.predict.MODEL_LOADS))
     assert result.computed == 30
     # each worker that ran blocks loaded the checkpoint exactly once
     assert sorted(len(v) for v in loads.values()) in ([1, 1], [0, 1])

@@ -4,9 +4,9 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from unetpipe.io.images.images import read_image, read_labels, write_tiff
 
 from unetpipe.core.errors import InputError
+from unetpipe.io.images import read_image, read_labels, write_tiff
 from unetpipe.stages.preprocess import percentile_normalize, preprocess_file, subsample_blocks
 
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 from skimage.segmentation import find_boundaries
-from unetpipe.io.images.images import write_ome_zarr
 
 from unetpipe.cli import main
-from unetpipe.report.figures import figures as report
+from unetpipe.io.images import write_ome_zarr
+from unetpipe.report import figures as report
 
 
 def _disks(shape, centres, radius):

@@ -17,14 +17,14 @@ import zarr
 from numpy.testing import assert_array_equal
 from scipy import ndimage as ndi
 from tiny_workflow import TINY, job_table, snakemake
-from unetpipe.io.images.images import read_image, read_labels, write_ome_zarr
 
 from unetpipe.core import boxes, layout
 from unetpipe.core.errors import InputError
 from unetpipe.inputs.samples import curated_samples
-from unetpipe.review.store import curate, edits
-from unetpipe.review.store import queue as rq
-from unetpipe.review.store import store as rv
+from unetpipe.io.images import read_image, read_labels, write_ome_zarr
+from unetpipe.review import curate, edits
+from unetpipe.review import queue as rq
+from unetpipe.review import store as rv
 from unetpipe.stages.measure import measure_store, write_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,10 +8,10 @@ import pytest
 import zarr
 from numpy.testing import assert_array_equal
 from scipy import ndimage as ndi
-from unetpipe.io.images.images import read_labels, set_multiscale_metadata
 
 from unetpipe.core.errors import ConfigError, InputError
 from unetpipe.inputs.synth import synthetic_nuclei
+from unetpipe.io.images import read_labels, set_multiscale_metadata
 from unetpipe.stages import segment as seg
 from unetpipe.stages.instances import SegmentParams, fill_holes, segment_array
 from unetpipe.stages.metrics import score
@@ -284,9 +284,9 @@ def test_segment_evaluate_summarize_commands(tmp_path, capsys):
     import json
 
     import pandas as pd
-    from unetpipe.io.images.images import write_ome_zarr
 
     from unetpipe.cli import main
+    from unetpipe.io.images import write_ome_zarr
 
     spacing = (0.5, 0.5)
     image, labels = synthetic_nuclei((150, 130), spacing=spacing, seed=4)

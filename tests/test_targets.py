@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import zarr
 from oracle import weight_map_oracle
-from unetpipe.io.images.images import write_ome_zarr
 
 from unetpipe.core.errors import InputError
 from unetpipe.inputs.synth import random_nuclei_labels, touching_pairs
+from unetpipe.io.images import write_ome_zarr
 from unetpipe.stages.targets import write_targets
 from unetpipe.stages.weights import separation_weight_map, targets_for_mode
 

@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from unetpipe.io.images.images import write_ome_zarr
 
 from unetpipe.core.config import validate_config
 from unetpipe.core.device import select_device
 from unetpipe.core.errors import InputError
 from unetpipe.inputs.synth import synthetic_nuclei
+from unetpipe.io.images import write_ome_zarr
 from unetpipe.nn.checkpoint import build_model
 from unetpipe.nn.models import load_checkpoint
 from unetpipe.stages.targets import write_targets

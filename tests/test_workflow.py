@@ -15,8 +15,8 @@ import yaml
 import zarr
 from tiny_workflow import TINY as TINY_BASE
 from tiny_workflow import job_table, snakemake
-from unetpipe.io.images.images import read_image, read_labels, write_tiff
 
+from unetpipe.io.images import read_image, read_labels, write_tiff
 from unetpipe.nn.checkpoint import build_model
 from unetpipe.nn.models import load_checkpoint
 from unetpipe.nn.tiles import predict_array
