@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from unetpipe.core.cluster import Execution
 from unetpipe.core.config import defaults
 from unetpipe.core.device import select_device
 from unetpipe.io.images import write_ome_zarr
@@ -147,8 +148,9 @@ def main() -> None:
         for r in range(args.repeat):
             out = os.path.join(folder, f"out{r}.ome.zarr")
             t0 = time.perf_counter()
-            result = predict_store(ckpt, store, out, device=args.device, threads=args.threads,
-                                   progress=False, block=pcfg["block"], halo=pcfg["halo"])
+            result = predict_store(ckpt, store, out, device=args.device, block=pcfg["block"],
+                                   halo=pcfg["halo"],
+                                   execution=Execution(threads=args.threads, progress=False))
             pipe.append(time.perf_counter() - t0)
             assert result.computed == len(origins)
             shutil.rmtree(out)

@@ -90,6 +90,7 @@ def map_2d(size: int) -> Path:
 def part_a(rounds: int) -> None:
     import zarr
 
+    from unetpipe.core.cluster import Execution
     from unetpipe.stages.instances import SegmentParams, default_halo, segment_array
     from unetpipe.stages.segment import segment_store
 
@@ -110,7 +111,8 @@ def part_a(rounds: int) -> None:
         def chunked(threads, params=params):
             shutil.rmtree(out, ignore_errors=True)
             t = time.perf_counter()
-            r = segment_store(src, out, params=params, threads=threads, progress=False)
+            r = segment_store(src, out, params=params,
+                              execution=Execution(threads=threads, progress=False))
             return time.perf_counter() - t, r.objects
 
         times = {"whole image": [], "chunked, 1 thread": [], "chunked, 2 threads": []}

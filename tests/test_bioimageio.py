@@ -12,6 +12,7 @@ import yaml
 import zarr
 
 from unetpipe.cli import main
+from unetpipe.core.cluster import Execution
 from unetpipe.core.errors import InputError, UnetpipeError
 from unetpipe.io.images import write_ome_zarr, write_tiff
 from unetpipe.nn.bioimageio import (
@@ -164,8 +165,8 @@ def test_predict_store_with_the_package_equals_the_checkpoint(exported, tmp_path
     for name, source in (("pt", ckpt), ("zip", package), ("folder", unpacked),
                          ("rdf", unpacked / "rdf.yaml")):
         out = tmp_path / f"{name}.ome.zarr"
-        predict_store(source, tmp_path / "in.ome.zarr", out, block=(16, 16), threads=1,
-                      progress=False)
+        predict_store(source, tmp_path / "in.ome.zarr", out, block=(16, 16),
+                      execution=Execution(threads=1, progress=False))
         probs.append(np.asarray(zarr.open_array(os.path.join(out, "0"), mode="r")[...]))
     assert probs[0].shape == (3, 40, 36)
     for other in probs[1:]:

@@ -19,6 +19,7 @@ import yaml
 import zarr
 from tiny_workflow import TINY as TINY_BASE
 
+from unetpipe.core.cluster import Execution
 from unetpipe.io.images import write_ome_zarr
 from unetpipe.nn.model import UNet
 from unetpipe.stages.instances import SegmentParams
@@ -208,20 +209,19 @@ def test_dask_slurm_cluster_predicts_and_segments_like_the_threaded_scheduler(sl
     os.environ["SLURM_CONF"] = slurm.env["SLURM_CONF"]  # the cluster's sbatch/scancel
     try:
         on_slurm = predict_store(ckpt, image, tmp_path / "slurm.ome.zarr", block=(32, 32),
-                                 threads=2, workers=2, scheduler="slurm",
-                                 dask_slurm=settings, progress=False)
+                                 execution=Execution(threads=2, workers=2, scheduler="slurm", dask_slurm=settings, progress=False))
         labels_slurm = segment_store(probs, tmp_path / "ls.ome.zarr", params=params,
-                                     block=(64, 48), scheduler="slurm", dask_slurm=settings,
-                                     progress=False)
+                                     block=(64, 48),
+                                     execution=Execution(scheduler="slurm", dask_slurm=settings, progress=False))
     finally:
         os.environ.pop("SLURM_CONF")
     reference = predict_store(ckpt, image, tmp_path / "ref.ome.zarr", block=(32, 32),
-                              threads=2, workers=2, progress=False)
+                              execution=Execution(threads=2, workers=2, progress=False))
     assert on_slurm.computed == reference.computed == 48 and on_slurm.device == "cpu"
     np.testing.assert_array_equal(_array(tmp_path / "slurm.ome.zarr"),
                                   _array(tmp_path / "ref.ome.zarr"))
     labels_ref = segment_store(probs, tmp_path / "lr.ome.zarr", params=params, block=(64, 48),
-                               threads=2, progress=False)
+                               execution=Execution(threads=2, progress=False))
     assert labels_slurm.objects == labels_ref.objects > 3 and labels_ref.blocks == 16
     np.testing.assert_array_equal(_array(tmp_path / "ls.ome.zarr"),
                                   _array(tmp_path / "lr.ome.zarr"))
@@ -270,7 +270,7 @@ def test_cancelled_slurm_predict_job_resumes_only_the_missing_blocks(slurm, tmp_
     assert (f"{n_blocks} blocks ({n_blocks - done} computed, 0 skipped as empty, "
             f"{done} done before)") in log, log
     reference = predict_store(ckpt, image, tmp_path / "ref.ome.zarr", block=(32, 32),
-                              threads=1, workers=1, progress=False)
+                              execution=Execution(threads=1, workers=1, progress=False))
     assert reference.computed == n_blocks
     np.testing.assert_array_equal(_array(out), _array(tmp_path / "ref.ome.zarr"))
     print(f"cancelled after {done} of {n_blocks} blocks; the rerun computed "

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import zarr
 from numpy.testing import assert_array_equal
-from test_segment import probabilities_from_labels, write_probabilities
+from segment_data import probabilities_from_labels, write_probabilities
 
+from unetpipe.core.cluster import Execution
 from unetpipe.inputs.synth import synthetic_nuclei
 from unetpipe.io.images import (
     read_image,
@@ -52,7 +53,7 @@ def make_results(root: Path, *, shape, spacing, chunks, seed, samples=("a",)):
         write_probabilities(probs, probabilities_from_labels(labels, seed=k),
                             spacing=list(spacing), chunks=chunks)
         segment_store(probs, root / "results" / "labels" / f"{name}.ome.zarr",
-                      params=SegmentParams(min_size=0.0), progress=False)
+                      params=SegmentParams(min_size=0.0), execution=Execution(progress=False))
     return root / "results"
 
 

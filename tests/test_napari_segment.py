@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
-from test_segment import assert_same_up_to_relabelling, write_probabilities
+from segment_data import assert_same_up_to_relabelling, write_probabilities
 
 from unetpipe.core import progress
+from unetpipe.core.cluster import Execution
 from unetpipe.core.config import validate_config
 from unetpipe.core.errors import UnetpipeError
 from unetpipe.inputs.synth import synthetic_nuclei, touching_pairs
@@ -90,7 +91,7 @@ def expected(image, checkpoint, params, block, folder):
     probs = predict_array(model, percentile_normalize(image[None], [lo], [hi]), block=block)
     write_probabilities(folder / "p.ome.zarr", probs, chunks=block)
     segment_store(folder / "p.ome.zarr", folder / "l.ome.zarr", params=params, block=block,
-                  progress=False)
+                  execution=Execution(progress=False))
     stored = read_image(folder / "l.ome.zarr").data.compute()
     return probs, stored, segment_array(probs, params=params)
 

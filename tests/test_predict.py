@@ -13,6 +13,7 @@ import torch
 import zarr
 
 from unetpipe.cli import main
+from unetpipe.core.cluster import Execution
 from unetpipe.core.errors import ConfigError, InputError
 from unetpipe.io.images import read_image, write_ome_zarr
 from unetpipe.nn.checkpoint import FORMAT, VERSION, save_checkpoint
@@ -146,8 +147,8 @@ def test_store_prediction_equals_whole_image_inference(tmp_path, ndim, padding, 
     whole = predict_array(model, image, block=(256,) * ndim)
     for block in blocks:
         out = tmp_path / f"out{'x'.join(map(str, block))}.ome.zarr"
-        result = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=block, threads=2,
-                               progress=False)
+        result = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=block,
+                               execution=Execution(threads=2, progress=False))
         probs = probabilities(out)
         assert probs.shape == (3, *shape) and probs.dtype == np.float32
         assert np.abs(probs - whole).max() <= 1e-4, block
@@ -169,7 +170,7 @@ def test_whole_image_reference_is_the_network_on_the_mirrored_image(tmp_path):
     write_ome_zarr(tmp_path / "in.ome.zarr", image, axes="cyx", spacing=(1.0, 1.0),
                    chunks=(16, 16))
     predict_store(save_model(model, tmp_path / "m.pt"), tmp_path / "in.ome.zarr",
-                  tmp_path / "out.ome.zarr", block=(12, 20), progress=False)
+                  tmp_path / "out.ome.zarr", block=(12, 20), execution=Execution(progress=False))
     assert np.abs(probabilities(tmp_path / "out.ome.zarr") - ref).max() <= 1e-5
 
 
@@ -181,8 +182,8 @@ def test_output_store_is_ome_zarr_with_the_input_spacing(tmp_path):
                    unit="micrometer", chunks=(5, 8, 8))
     ckpt = save_model(model, tmp_path / "m.pt", mode="two_class", spacing=[2.0, 0.5, 0.25])
     out = tmp_path / "probabilities" / "x.ome.zarr"
-    result = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(4, 8, 8),
-                           dtype="float16", progress=False)
+    result = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(4, 8, 8), dtype="float16",
+                           execution=Execution(progress=False))
     back = read_image(out)
     assert back.axes == "czyx" and back.data.shape == (2, 5, 20, 18)
     assert back.spacing == (2.0, 0.5, 0.25) and back.unit == "micrometer"
@@ -210,16 +211,16 @@ def test_flip_tta_is_the_mean_over_flipped_inputs(tmp_path):
     write_ome_zarr(tmp_path / "in.ome.zarr", image, axes="cyx", spacing=(1.0, 1.0),
                    chunks=(16, 16))
     ckpt = save_model(model, tmp_path / "m.pt")
-    plain = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "a.ome.zarr",
-                          block=(48, 40), progress=False)
+    plain = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "a.ome.zarr", block=(48, 40),
+                          execution=Execution(progress=False))
     assert plain.computed == 1
     predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "b.ome.zarr", block=(48, 40),
-                  tta=True, progress=False)
+                  tta=True, execution=Execution(progress=False))
     tta = probabilities(tmp_path / "b.ome.zarr")
     assert np.abs(tta - ref).max() <= 1e-5
     assert np.abs(tta - probabilities(tmp_path / "a.ome.zarr")).max() > 1e-3
     predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "c.ome.zarr", block=(16, 24),
-                  tta=True, progress=False)
+                  tta=True, execution=Execution(progress=False))
     assert np.abs(probabilities(tmp_path / "c.ome.zarr") - tta).max() <= 1e-4
 
 
@@ -232,9 +233,9 @@ def test_empty_blocks_are_skipped_by_the_low_resolution_check(tmp_path):
                    chunks=(32, 32), levels=2)
     ckpt = save_model(model, tmp_path / "m.pt")
     full = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "full.ome.zarr",
-                         block=(16, 16), progress=False)
+                         block=(16, 16), execution=Execution(progress=False))
     skip = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "skip.ome.zarr",
-                         block=(16, 16), skip_empty=0.1, progress=False)
+                         block=(16, 16), skip_empty=0.1, execution=Execution(progress=False))
     # the check reads pyramid level 2 (4x smaller), not the full resolution
     level, factors = _skip_level(str(tmp_path / "in.ome.zarr"),
                                  read_image(tmp_path / "in.ome.zarr"), skip_window(ckpt))
@@ -249,7 +250,7 @@ def test_empty_blocks_are_skipped_by_the_low_resolution_check(tmp_path):
     write_ome_zarr(tmp_path / "flat.ome.zarr", image, axes="cyx", spacing=(1.0, 1.0),
                    chunks=(32, 32))
     flat = predict_store(ckpt, tmp_path / "flat.ome.zarr", tmp_path / "flat-out.ome.zarr",
-                         block=(16, 16), skip_empty=0.1, progress=False)
+                         block=(16, 16), skip_empty=0.1, execution=Execution(progress=False))
     assert (flat.computed, flat.skipped) == (skip.computed, skip.skipped)
     np.testing.assert_array_equal(probabilities(tmp_path / "flat-out.ome.zarr"), b)
 
@@ -318,11 +319,13 @@ def test_changed_settings_start_afresh_and_unchanged_ones_resume(tmp_path, caplo
     out = tmp_path / "o.ome.zarr"
     part = partial_path(out)
     # a partial store left by a run with another block size: not reused
-    predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(16, 16), progress=False)
+    predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(16, 16),
+                  execution=Execution(progress=False))
     os.rename(out, part)
     (part / DONE_DIR).mkdir()
     caplog.set_level("INFO", logger="unetpipe")
-    result = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(32, 32), progress=False)
+    result = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(32, 32),
+                           execution=Execution(progress=False))
     assert result.resumed == 0 and result.computed == 4
     assert "starting afresh" in caplog.text and "block" in caplog.text
     np.testing.assert_allclose(probabilities(out), predict_array(model, image), atol=1e-4)
@@ -336,12 +339,14 @@ def test_a_run_killed_while_finishing_is_finished_without_predicting(tmp_path, c
                    axes="cyx", spacing=(1.0, 1.0))
     ckpt = save_model(model, tmp_path / "m.pt")
     out = tmp_path / "o.ome.zarr"
-    first = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(16, 16), progress=False)
+    first = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(16, 16),
+                          execution=Execution(progress=False))
     expected = probabilities(out)
     # as if killed after the block records were removed but before the rename
     os.rename(out, partial_path(out))
     caplog.set_level("INFO", logger="unetpipe")
-    again = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(16, 16), progress=False)
+    again = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(16, 16),
+                          execution=Execution(progress=False))
     assert first.computed == 9 and again.computed == 0 and again.resumed == 9
     assert "is complete; finishing it" in caplog.text
     np.testing.assert_array_equal(probabilities(out), expected)
@@ -440,9 +445,8 @@ def test_distributed_cluster_loads_the_model_once_per_worker(tmp_path):
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         result = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "o.ome.zarr",
-                               block=(16, 16), scheduler="distributed",
-                               address=cluster.scheduler_address, threads=2, workers=2,
-                               progress=False)
+                               block=(16, 16),
+                               execution=Execution(scheduler="distributed", address=cluster.scheduler_address, threads=2, workers=2, progress=False))
         loads = client.run(lambda: list(__import__("unetpipe.stages.predict").stages.predict.MODEL_LOADS))
     assert result.computed == 30
     # each worker that ran blocks loaded the checkpoint exactly once
@@ -462,11 +466,12 @@ def test_cuda_prediction_matches_the_cpu(tmp_path):
     image = np.random.default_rng(0).random((1, 20, 70, 60)).astype(np.float32)
     write_ome_zarr(tmp_path / "in.ome.zarr", image, axes="czyx", spacing=(1.0, 1.0, 1.0))
     cpu = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "cpu.ome.zarr",
-                        block=(8, 32, 32), device="cpu", progress=False)
+                        block=(8, 32, 32), device="cpu", execution=Execution(progress=False))
     fp32 = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "f32.ome.zarr",
-                         block=(8, 32, 32), device="cuda", bf16=False, progress=False)
+                         block=(8, 32, 32), device="cuda", bf16=False,
+                         execution=Execution(progress=False))
     bf16 = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "bf16.ome.zarr",
-                         block=(16, 64, 64), device="cuda", progress=False)
+                         block=(16, 64, 64), device="cuda", execution=Execution(progress=False))
     assert cpu.device == "cpu" and fp32.device.startswith("cuda") and bf16.batch_size == 4
     ref = probabilities(tmp_path / "cpu.ome.zarr")
     # TF32 convolutions by default on CUDA

@@ -7,47 +7,21 @@ import numpy as np
 import pytest
 import zarr
 from numpy.testing import assert_array_equal
-from scipy import ndimage as ndi
+from segment_data import (
+    assert_same_up_to_relabelling,
+    probabilities_from_labels,
+    write_probabilities,
+)
 
+from unetpipe.core.cluster import Execution
 from unetpipe.core.errors import ConfigError, InputError
 from unetpipe.inputs.synth import synthetic_nuclei
-from unetpipe.io.images import read_labels, set_multiscale_metadata
+from unetpipe.io.images import read_labels
 from unetpipe.stages import segment as seg
 from unetpipe.stages.instances import SegmentParams, fill_holes, segment_array
 from unetpipe.stages.metrics import score
 from unetpipe.stages.segment import segment_store
 from unetpipe.stages.weights import targets_for_mode
-
-
-def probabilities_from_labels(labels, mode="three_class", sigma=1.0, noise=0.1, seed=0):
-    """Class probabilities a network might give: the labels' targets, blurred, noisy."""
-    targets = targets_for_mode(labels, mode)
-    k = 2 if mode == "two_class" else 3
-    rng = np.random.default_rng(seed)
-    p = np.stack([ndi.gaussian_filter((targets == c).astype(np.float32), sigma)
-                  for c in range(k)])
-    p += rng.uniform(0, noise, p.shape).astype(np.float32)
-    return (p / p.sum(0, keepdims=True)).astype(np.float32)
-
-
-def write_probabilities(path, probs, *, spacing=None, chunks=None):
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    spatial = "zyx"[-(probs.ndim - 1):]
-    root.create_array("0", data=probs, chunks=(probs.shape[0], *(chunks or probs.shape[1:])))
-    set_multiscale_metadata(root, axes="c" + spatial, unit="micrometer" if spacing else None,
-                            scales=[[1.0, *(spacing or [1.0] * (probs.ndim - 1))]],
-                            name="probabilities")
-    return path
-
-
-def assert_same_up_to_relabelling(expected, actual):
-    """Equal but for the ids: one-to-one, the same background, ids consecutive."""
-    assert expected.shape == actual.shape
-    assert_array_equal(expected == 0, actual == 0)
-    pairs = np.unique(np.stack([expected.ravel(), actual.ravel()]), axis=1)
-    pairs = pairs[:, pairs[0] > 0]
-    assert np.unique(pairs[0]).size == pairs.shape[1] == np.unique(pairs[1]).size
-    assert actual.max() == pairs.shape[1]  # consecutive ids
 
 
 def hard_labels_2d():
@@ -134,8 +108,8 @@ def test_components_chunked_equals_whole_image_2d(tmp_path, mode):
     assert whole.max() > 60
     for block in [(37, 29), (260, 230), (64, 300)]:
         out = tmp_path / f"l{block[0]}.ome.zarr"
-        result = segment_store(store, out, params=params, block=block, threads=2,
-                               progress=False)
+        result = segment_store(store, out, params=params, block=block,
+                               execution=Execution(threads=2, progress=False))
         chunked = zarr.open_array(str(out / "0"))[:]
         assert_same_up_to_relabelling(whole, chunked)
         assert result.objects == whole.max()
@@ -164,8 +138,8 @@ def test_components_chunked_equals_whole_image_3d(tmp_path):
     whole = segment_array(p, params=params, spacing=spacing, halo=(16, 16, 16))
     assert whole.max() > 10
     out = tmp_path / "l.ome.zarr"
-    result = segment_store(store, out, params=params, block=(5, 17, 13), threads=2,
-                           progress=False)
+    result = segment_store(store, out, params=params, block=(5, 17, 13),
+                           execution=Execution(threads=2, progress=False))
     chunked = zarr.open_array(str(out / "0"))[:]
     assert_same_up_to_relabelling(whole, chunked)
     assert result.merges > 20 and result.blocks == 5 * 5 * 5
@@ -188,8 +162,8 @@ def test_watershed_chunked_matches_whole_image(tmp_path, seeds, ndim):
     store = write_probabilities(tmp_path / "p.ome.zarr", p,
                                 spacing=list(spacing) if spacing else None)
     whole = segment_array(p, params=params, spacing=spacing)
-    segment_store(store, tmp_path / "l.ome.zarr", params=params, block=block, threads=2,
-                  progress=False)
+    segment_store(store, tmp_path / "l.ome.zarr", params=params, block=block,
+                  execution=Execution(threads=2, progress=False))
     chunked = zarr.open_array(str(tmp_path / "l.ome.zarr" / "0"))[:]
     s = score(whole, chunked)
     assert s.n_true > 20
@@ -200,9 +174,11 @@ def test_ids_switch_to_uint64_when_uint32_runs_out(tmp_path, monkeypatch):
     _, labels = synthetic_nuclei((120, 100), seed=3)
     p = probabilities_from_labels(labels)
     store = write_probabilities(tmp_path / "p.ome.zarr", p)
-    a = segment_store(store, tmp_path / "a.ome.zarr", block=(40, 40), progress=False)
+    a = segment_store(store, tmp_path / "a.ome.zarr", block=(40, 40),
+                      execution=Execution(progress=False))
     monkeypatch.setattr(seg, "UINT32_MAX", a.objects - 1)
-    b = segment_store(store, tmp_path / "b.ome.zarr", block=(40, 40), progress=False)
+    b = segment_store(store, tmp_path / "b.ome.zarr", block=(40, 40),
+                      execution=Execution(progress=False))
     assert (a.dtype, b.dtype) == ("uint32", "uint64")
     la, lb = (zarr.open_array(str(tmp_path / n / "0")) for n in ("a.ome.zarr", "b.ome.zarr"))
     assert (la.dtype, lb.dtype) == (np.uint32, np.uint64)
@@ -227,7 +203,8 @@ def test_a_killed_segmentation_resumes(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(seg, "_relabel_blocks", dies_in_pass_4)
     with pytest.raises(KeyboardInterrupt):
-        segment_store(store, out, params=params, block=(60, 50), threads=1, progress=False)
+        segment_store(store, out, params=params, block=(60, 50),
+                      execution=Execution(threads=1, progress=False))
     partial = seg.partial_path(out)
     # the relabelling table is chunked: one chunk per block, read block by block
     table = zarr.open_array(str(partial / seg.WORK_DIR / "relabel"))
@@ -243,8 +220,8 @@ def test_a_killed_segmentation_resumes(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(seg, "_relabel_blocks", counts)
     with caplog.at_level(logging.INFO, logger="unetpipe"):
-        result = segment_store(store, out, params=params, block=(60, 50), threads=1,
-                               progress=False)
+        result = segment_store(store, out, params=params, block=(60, 50),
+                               execution=Execution(threads=1, progress=False))
     assert "resuming" in caplog.text and result.resumed == 25
     assert len(calls) == 25 - 5  # only the blocks not relabelled before
     assert_same_up_to_relabelling(expected, zarr.open_array(str(out / "0"))[:])
@@ -253,12 +230,13 @@ def test_a_killed_segmentation_resumes(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(seg, "_relabel_blocks", dies_in_pass_4)
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
-        segment_store(store, out, params=params, block=(60, 50), threads=1, progress=False)
+        segment_store(store, out, params=params, block=(60, 50),
+                      execution=Execution(threads=1, progress=False))
     monkeypatch.setattr(seg, "_relabel_blocks", original)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="unetpipe"):
-        result = segment_store(store, out, params=replace(params, min_size=40),
-                               block=(60, 50), threads=1, progress=False)
+        result = segment_store(store, out, params=replace(params, min_size=40), block=(60, 50),
+                               execution=Execution(threads=1, progress=False))
     assert "starting afresh" in caplog.text and "params" in caplog.text
     assert result.resumed == 0
 
@@ -267,12 +245,14 @@ def test_bad_inputs_and_settings(tmp_path):
     p = np.full((4, 20, 20), 0.25, np.float32)
     store = write_probabilities(tmp_path / "p.ome.zarr", p)
     with pytest.raises(InputError, match=r"p.ome.zarr.*2 .*or 3.*got 4"):
-        segment_store(store, tmp_path / "l.ome.zarr", progress=False)
+        segment_store(store, tmp_path / "l.ome.zarr", execution=Execution(progress=False))
     with pytest.raises(InputError, match="not found"):
-        segment_store(tmp_path / "missing.ome.zarr", tmp_path / "l.ome.zarr", progress=False)
+        segment_store(tmp_path / "missing.ome.zarr", tmp_path / "l.ome.zarr",
+                      execution=Execution(progress=False))
     store = write_probabilities(tmp_path / "q.ome.zarr", p[:3])
     with pytest.raises(ConfigError, match=r"segment\.block"):
-        segment_store(store, tmp_path / "l.ome.zarr", block=(8, 8, 8), progress=False)
+        segment_store(store, tmp_path / "l.ome.zarr", block=(8, 8, 8),
+                      execution=Execution(progress=False))
     with pytest.raises(ConfigError, match=r"segment\.method"):
         segment_store(store, tmp_path / "l.ome.zarr", params=SegmentParams(method="x"))
     with pytest.raises(ConfigError, match=r"segment\.max_size"):
@@ -349,7 +329,8 @@ def test_halos_wider_than_blocks_reach_blocks_further_away(tmp_path):
                          (SegmentParams(method="components", grow=15, min_size=0), (16, 16))]:
         whole = segment_array(p, params=params, halo=halo)
         out = tmp_path / f"{params.method}.ome.zarr"
-        segment_store(store, out, params=params, block=(10, 10), halo=halo, progress=False)
+        segment_store(store, out, params=params, block=(10, 10), halo=halo,
+                      execution=Execution(progress=False))
         assert whole.max() == 1
         assert_same_up_to_relabelling(whole, zarr.open_array(str(out / "0"))[:])
 
@@ -358,7 +339,9 @@ def test_a_halo_too_small_for_the_method_is_refused(tmp_path):
     p = probabilities_from_labels(synthetic_nuclei((40, 40), seed=1)[1])
     store = write_probabilities(tmp_path / "p.ome.zarr", p)
     with pytest.raises(ConfigError, match=r"segment\.halo.*at least 3"):
-        segment_store(store, tmp_path / "l.ome.zarr", halo=(2, 2), progress=False)
+        segment_store(store, tmp_path / "l.ome.zarr", halo=(2, 2),
+                      execution=Execution(progress=False))
     with pytest.raises(ConfigError, match=r"segment\.halo.*at least 6"):
-        segment_store(store, tmp_path / "l.ome.zarr", halo=(16, 5), progress=False,
-                      params=SegmentParams(method="components", grow=5))
+        segment_store(store, tmp_path / "l.ome.zarr", halo=(16, 5),
+                      params=SegmentParams(method="components", grow=5),
+                      execution=Execution(progress=False))

@@ -175,6 +175,17 @@ def cmd_train(args: argparse.Namespace) -> None:
              result.iterations_per_second, _duration(result.seconds))
 
 
+def _execution(args: argparse.Namespace, config: dict, stage: str):
+    """How a chunked stage runs, from its config section and the command line."""
+    from .core.cluster import Execution
+
+    cfg = config[stage]
+    return Execution(threads=args.threads, workers=cfg.get("workers"),
+                     scheduler=cfg["scheduler"], address=cfg["address"],
+                     processes=cfg["processes"], dask_slurm=config["dask_slurm"],
+                     resume=cfg["resume"], progress=not args.quiet)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .stages.predict import predict_store
 
@@ -183,10 +194,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     result = predict_store(
         args.checkpoint, args.store, args.output, block=cfg["block"], halo=cfg["halo"],
         batch_size=cfg["batch_size"], device=cfg["device"], bf16=cfg["bf16"], tta=cfg["tta"],
-        skip_empty=cfg["skip_empty"], dtype=cfg["dtype"], threads=args.threads,
-        workers=cfg["workers"], scheduler=cfg["scheduler"], address=cfg["address"],
-        processes=cfg["processes"], resume=cfg["resume"], progress=not args.quiet,
-        dask_slurm=config["dask_slurm"],
+        skip_empty=cfg["skip_empty"], dtype=cfg["dtype"],
+        execution=_execution(args, config, "predict"),
     )
     log.info("predict: %s: shape %s, classes %s, %d blocks of %s (%d computed, %d skipped as "
              "empty, %d done before) on %s; %s in %s", result.output,
@@ -207,10 +216,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
                            h=cfg["h"], min_size=cfg["min_size"], max_size=cfg["max_size"],
                            fill_holes=cfg["fill_holes"])
     result = segment_store(args.probabilities, args.output, params=params, block=cfg["block"],
-                           halo=cfg["halo"], threads=args.threads, resume=cfg["resume"],
-                           progress=not args.quiet, scheduler=cfg["scheduler"],
-                           address=cfg["address"], processes=cfg["processes"],
-                           dask_slurm=config["dask_slurm"])
+                           halo=cfg["halo"], execution=_execution(args, config, "segment"))
     if args.table:
         from .stages.measure import measure_store, write_table
 
@@ -240,6 +246,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .inputs.samples import sample_name
     from .io.images import read_labels
     from .stages.evaluate import evaluate_store, write_metrics
 
@@ -254,7 +261,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                 "them")
     scores = evaluate_store(args.labels, truth, threads=args.threads,
                             progress=None if args.quiet else "evaluate")
-    write_metrics(args.output, scores, sample=args.sample or _stem(args.labels),
+    write_metrics(args.output, scores, sample=args.sample or sample_name(args.labels),
                   extra={"labels": os.path.abspath(args.labels), "truth": os.path.abspath(truth)})
     tp, fp, fn = scores.counts(0.5)
     seconds = time.perf_counter() - t0
@@ -299,14 +306,6 @@ def _unetpipe_attrs(path: str) -> dict:
         return dict(zarr.open_group(path, mode="r").attrs.get("unetpipe", {}))
     except Exception:
         return {}
-
-
-def _stem(path: str) -> str:
-    name = os.path.basename(os.path.normpath(path))
-    for suffix in (".ome.zarr", ".zarr"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def cmd_config(args: argparse.Namespace) -> None:

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
@@ -53,6 +55,85 @@ def check_scheduler(scheduler: str, *, stage: str) -> None:
             raise ConfigError(f"config key '{stage}.scheduler': {scheduler} needs the "
                               f"{module.replace('_', '-')} package (pip install "
                               "'unetpipe[cluster]')") from e
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a chunked stage (predict, segment) runs: where its blocks go, what it
+    does with earlier work, whether it draws a progress bar.
+
+    Parameters
+    ----------
+    threads : int, optional
+        CPU cores to use; default all.
+    workers : int, optional
+        Dask threads per process, each running a batch of blocks (predict);
+        default 2, 1 on one core.
+    scheduler : {"threads", "distributed", "slurm"}
+        Dask's threaded scheduler; a ``dask.distributed`` cluster (the one at
+        ``address``, or a local one of ``processes`` worker processes); or a
+        dask-jobqueue ``SLURMCluster`` of worker jobs set by ``dask_slurm``.
+    address : str, optional
+        A running ``dask.distributed`` scheduler, for ``"distributed"``.
+    processes : int, optional
+        Worker processes of a local ``dask.distributed`` cluster; default 2.
+    dask_slurm : mapping, optional
+        The ``dask_slurm`` config section, for ``"slurm"``; missing keys take
+        the schema's defaults.
+    resume : bool
+        Continue a partial output made with the same input and settings,
+        doing only the blocks it lacks.
+    progress : bool
+        Draw a progress bar. Listeners (:func:`unetpipe.core.progress.listening`)
+        are told either way.
+
+    Examples
+    --------
+    >>> Execution(threads=2).check("predict").cores
+    2
+    """
+
+    threads: int | None = None
+    workers: int | None = None
+    scheduler: str = "threads"
+    address: str | None = None
+    processes: int | None = None
+    dask_slurm: Mapping | None = None
+    resume: bool = True
+    progress: bool = True
+
+    def check(self, stage: str) -> Execution:
+        """Raise ConfigError naming ``STAGE.KEY`` of a bad value, or of a
+        scheduler whose packages are missing."""
+        for key in ("threads", "workers", "processes"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"config key '{stage}.{key}': {value!r} must be a whole "
+                                  "number of at least 1")
+        check_scheduler(self.scheduler, stage=stage)
+        if self.scheduler == "slurm":
+            dask_slurm_settings(self.dask_slurm)
+        return self
+
+    @property
+    def cores(self) -> int:
+        """The CPU cores the stage may use (``threads``, else all)."""
+        return self.threads or os.cpu_count() or 1
+
+    @property
+    def slurm(self) -> dict | None:
+        """The ``dask_slurm`` settings with defaults, for ``scheduler="slurm"``."""
+        return dask_slurm_settings(self.dask_slurm) if self.scheduler == "slurm" else None
+
+    @property
+    def local_cluster(self) -> bool:
+        """Whether a ``dask.distributed`` cluster is started on this machine."""
+        return self.scheduler == "distributed" and not self.address
+
+    def client(self, *, threads_per_process: int | None):
+        """:func:`dask_client` for these settings (None for ``"threads"``)."""
+        return dask_client(self.scheduler, address=self.address, processes=self.processes,
+                           threads_per_process=threads_per_process, dask_slurm=self.slurm)
 
 
 def dask_slurm_settings(settings: Mapping | None) -> dict:
@@ -135,7 +216,7 @@ def slurm_cluster(settings: Mapping | None, *, threads_per_process: int | None =
 
 @contextlib.contextmanager
 def dask_client(scheduler: str, *, address: str | None = None, processes: int | None = None,
-                threads_per_process: int = 1, dask_slurm: Mapping | None = None
+                threads_per_process: int | None = 1, dask_slurm: Mapping | None = None
                 ) -> Iterator[Any]:
     """A dask.distributed client for ``scheduler`` (None for ``threads``);
     a cluster started here is closed (its SLURM jobs cancelled) on leaving."""

@@ -36,7 +36,5 @@ def select_device(name: str = "auto", *, key: str = "train.device"):
 
 
 def worker_device(name: str, key: str) -> str:
-    """The device a worker resolves ``name`` to (run on a worker)."""
-    from .device import select_device
-
+    """The device a Dask worker resolves ``name`` to (run on the worker)."""
     return str(select_device(name, key=key))

@@ -27,11 +27,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core import layout
+from ..core.layout import list_samples
+from ..io.images import image_pyramid
 from ..review import curate, edits
 from ..review import queue as rq
 from ..review import store as rv
-from . import reader as _reader
 
 SORT_ROLE = Qt.ItemDataRole.UserRole
 
@@ -287,7 +287,7 @@ class ReviewWidget(QWidget):
         """Fill the sample list from the results folder."""
         self.sample_box.clear()
         try:
-            names = layout.list_samples(self.results)
+            names = list_samples(self.results)
         except Exception as e:
             self.status.setText(f"⚠ {e}")
             return []
@@ -316,7 +316,7 @@ class ReviewWidget(QWidget):
         if table is None:
             raise rv.InputError(os.fspath(store.paths.table), "measurement table not found")
         # every level of the image's pyramid, lazily: napari reads only what it shows
-        image = _reader.image_pyramid(store.paths.image) if store.paths.image.exists() \
+        image = image_pyramid(store.paths.image) if store.paths.image.exists() \
             else None
         whole = store.fits_whole(self.max_whole_bytes)
         labels = store.read() if whole else None

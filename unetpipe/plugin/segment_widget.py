@@ -12,17 +12,16 @@ stores in a napari ``thread_worker``:
 
 So an image of any size is processed in bounded memory, and the result is
 what ``unetpipe predict`` and ``unetpipe segment`` would give for the same
-pixels. Progress comes from the stages' own progress bars
-(:mod:`unetpipe.core.progress`), whose text is parsed into the Qt progress bar.
+pixels. The stages tell their progress to a listener
+(:func:`unetpipe.core.progress.listening`) that feeds the Qt progress bar and
+stops them at the next block when the user cancels.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import math
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -48,6 +47,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core import progress as _progress
+from ..core.cluster import Execution
 from ..core.errors import UnetpipeError
 from ..stages.instances import METHODS, SEEDS, SegmentParams
 
@@ -205,17 +205,19 @@ def segment_layer_data(data, *, checkpoint: str | os.PathLike, folder: str | os.
     percentiles, clip = normalisation(ckpt)
     image = LazyImage(data=pixels, axes="c" + "zyx"[-ndim:], spacing=spacing, unit=unit,
                       path=f"layer {name!r}")
+    quiet = Execution(progress=False)  # the widget listens; no terminal bars
     stores = [folder / "image.ome.zarr", folder / "probabilities.ome.zarr",
               folder / "labels.ome.zarr"]
     steps = [
         lambda: preprocess_image(image, stores[0], percentiles=percentiles, clip=clip,
                                  pyramid_levels=0, progress=False),
-        lambda: predict_store(checkpoint, stores[0], stores[1], block=block, progress=True),
+        lambda: predict_store(checkpoint, stores[0], stores[1], block=block,
+                              execution=quiet),
         lambda: segment_store(stores[1], stores[2], params=params, block=block,
-                              progress=True),
+                              execution=quiet),
     ]
     try:
-        with _reporting(report, cancelled):
+        with _progress.listening(_listener(report, cancelled)):
             for step in steps:
                 if cancelled():
                     raise Cancelled()
@@ -234,52 +236,18 @@ def segment_layer_data(data, *, checkpoint: str | os.PathLike, folder: str | os.
                          objects=int(result.objects), folder=str(folder))
 
 
-# --- progress: the stages' tqdm text, parsed --------------------------------------------
-
-_BAR = re.compile(r"(?P<desc>[A-Za-z_]+): *\d+%\|[^|]*\| *(?P<n>\d+)/(?P<total>\d+)")
-
-# the stages' bars go to one process-wide stream: one run at a time owns it
-_stream_lock = threading.Lock()
+# --- progress: the stages tell the widget -------------------------------------------
 
 
-class _ProgressStream:
-    """A file for :func:`unetpipe.core.progress.set_stream` that reports bars as numbers.
-
-    tqdm writes each refresh of a bar as one line starting with a carriage
-    return (``"predict:  50%|#####     | 2/4 [...]"``); each one found is
-    passed on as ``(stage, done, total)``. It never raises: tqdm calls it
-    while holding its process-wide lock (cancelling goes through
-    :func:`unetpipe.core.progress.set_cancel` instead).
-    """
-
-    def __init__(self, report: Callable[[str, int, int], None]):
-        self._report = report
-
-    def write(self, text: str) -> int:
-        for m in _BAR.finditer(text):
-            self._report(m["desc"], int(m["n"]), int(m["total"]))
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-
-@contextlib.contextmanager
-def _reporting(report, cancelled):
-    """Send the stages' progress bars to ``report``, and stop the stages at
-    their next progress update once ``cancelled()``, while the block runs."""
-    with _stream_lock:
-        previous = _progress.get_stream()
-        _progress.set_stream(_ProgressStream(report or (lambda *_: None)))
-        _progress.set_cancel(cancelled)
-        try:
-            yield
-        finally:
-            _progress.set_cancel(None)
-            _progress.set_stream(previous)
+def _listener(report, cancelled):
+    """A progress listener that passes ``(stage, done, total)`` on to ``report``
+    and stops the stages at their next update once ``cancelled()``."""
+    def listen(stage: str, done: int, total: int) -> None:
+        if cancelled():
+            raise Cancelled()
+        if report is not None:
+            report(stage, done, total)
+    return listen
 
 
 # --- the widget ---------------------------------------------------------------------------
@@ -507,7 +475,8 @@ class SegmentWidget(QWidget):
             self.status.setText("Cancelling…")
 
     def _on_progress(self, stage: str, done: int, total: int):
-        titles = {"predict": "Predicting", "segment": "Segmenting", "relabel": "Stitching"}
+        titles = {"predict": "Predicting", "segment": "Segmenting", "stitch": "Stitching",
+                  "relabel": "Relabelling"}
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
         self.status.setText(f"{titles.get(stage, stage)}: {done}/{total} blocks")

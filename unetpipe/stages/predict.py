@@ -24,14 +24,17 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..core.cluster import Execution, run_tasks
+from ..core.device import select_device, worker_device
 from ..core.errors import ConfigError, InputError
 from ..core.memory import release_free_memory
+from ..core.progress import bar
 from ..io.resume import (
     DONE_DIR,
     finish,
@@ -280,16 +283,14 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
                   halo: Sequence[int] | None = None, batch_size: int | None = None,
                   device: str = "auto", bf16: bool = True, tta: bool = False,
                   skip_empty: float | None = None, dtype: str = "float32",
-                  threads: int | None = None, workers: int | None = None,
-                  scheduler: str = "threads", address: str | None = None,
-                  processes: int | None = None, resume: bool = True,
-                  progress: bool = True, dask_slurm: Mapping | None = None) -> PredictResult:
+                  execution: Execution | None = None) -> PredictResult:
     """Class probabilities of a preprocessed store, chunk by chunk, resumably.
 
     Parameters
     ----------
     checkpoint : path
-        A checkpoint written by training (``checkpoint_best.pt``).
+        A checkpoint written by training (``checkpoint_best.pt``), or a
+        bioimage.io package exported by unetpipe.
     image : path
         Preprocessed OME-Zarr store (full resolution at array ``0``, axes
         ``c(z)yx`` or ``(z)yx``).
@@ -312,30 +313,14 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
         written as background. None: predict every block.
     dtype : {"float32", "float16"}
         Stored probability type.
-    threads : int, optional
-        CPU cores to use (default: all); torch gets ``threads // workers``
-        per Dask thread.
-    workers : int, optional
-        Dask threads (per process), each running a batch: reading, network,
-        writing. Default 2 (1 on one core).
-    scheduler : {"threads", "distributed", "slurm"}
-        Dask's threaded scheduler; a ``dask.distributed`` cluster: the one
-        at ``address``, or a local one of ``processes`` worker processes; or
-        a dask-jobqueue ``SLURMCluster`` of worker jobs set by
-        ``dask_slurm`` (see :mod:`unetpipe.core.cluster`). Each worker process
-        loads the model once; with ``device="auto"`` a worker picks the
-        device.
-    resume : bool
-        Continue a partial output made with the same checkpoint, input and
-        settings, predicting only the blocks it lacks.
-    progress : bool
-        Show a progress bar.
-    dask_slurm : mapping, optional
-        The ``dask_slurm`` config section (worker jobs, cores, memory,
-        walltime, partition, ...), for ``scheduler="slurm"``; missing keys
-        take the schema's defaults. Each worker process runs ``workers``
-        Dask threads and the job's cores are shared out among them as torch
-        threads.
+    execution : Execution, optional
+        Threads, Dask threads (``workers``), scheduler, resume and progress
+        (:class:`unetpipe.core.cluster.Execution`; default: all cores, Dask's
+        threaded scheduler, resume). torch gets ``threads // workers``
+        threads per Dask thread. On a ``dask.distributed`` or SLURM cluster
+        each worker process loads the model once, and with ``device="auto"``
+        a worker picks the device; a SLURM worker job's cores are shared out
+        among its processes' Dask threads.
 
     Returns
     -------
@@ -349,11 +334,10 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
     """
     import torch
 
-    from ..core.cluster import check_scheduler, dask_client, dask_slurm_settings
-    from ..core.device import select_device, worker_device
     from ..nn.models import load_checkpoint
 
     t0 = time.perf_counter()
+    run = execution or Execution()
     ckpt_path, image_path, out = os.fspath(checkpoint), os.fspath(image), Path(os.fspath(out))
     ckpt = load_checkpoint(ckpt_path)
     cfg = ckpt["model"]["config"]
@@ -365,8 +349,8 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
             raise ConfigError(f"config key 'predict.{key}': {list(value)} has {len(value)} "
                               f"values but {image_path} has {len(spatial)} spatial axes "
                               f"({img.spatial_axes})")
-    check_scheduler(scheduler, stage="predict")
-    slurm = dask_slurm_settings(dask_slurm) if scheduler == "slurm" else None
+    run.check("predict")
+    slurm = run.slurm
     if dtype not in ("float32", "float16"):
         raise ConfigError(f"config key 'predict.dtype': {dtype!r} is not float32 or float16")
     if cfg.get("padding", "same") == "valid" and halo is not None:
@@ -374,19 +358,17 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
                     "ignored", list(halo))
         halo = None
     block_, window, offset = tiling(cfg, spatial, block=block, halo=halo)
-    threads = threads or os.cpu_count() or 1
-    workers = workers or default_workers(threads)
-    local_cluster = scheduler == "distributed" and not address
+    workers = run.workers or default_workers(run.cores)
     if slurm is not None:
         # each worker job's cores, shared among its processes' Dask threads
         concurrent = int(slurm["processes_per_job"]) * workers
         torch_threads = max(1, int(slurm["cores"]) // concurrent)
     else:
         # Dask threads running torch at once on this machine
-        concurrent = workers * ((processes or 2) if local_cluster else 1)
-        torch_threads = max(1, threads // concurrent)
-    with dask_client(scheduler, address=address, processes=processes,
-                     threads_per_process=workers, dask_slurm=slurm) as client:
+        concurrent = workers * ((run.processes or 2) if run.local_cluster else 1)
+        torch_threads = max(1, run.cores // concurrent)
+    skip = _skip_level(image_path, img, window) if skip_empty is not None else None
+    with run.client(threads_per_process=workers) as client:
         if client is None:
             dev = select_device(device, key="predict.device")
         elif device == "auto":
@@ -397,43 +379,37 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
                                              pure=False).result())
         else:
             dev = torch.device(device)
-        batch_size = batch_size or (4 if dev.type == "cuda" else 1)
-        return _predict_store(
-            ckpt=ckpt, ckpt_path=ckpt_path, image_path=image_path, out=out, img=img, cfg=cfg,
-            spatial=spatial, block_=block_, window=window, offset=offset, dev=dev,
-            batch_size=batch_size, bf16=bf16, tta=tta, skip_empty=skip_empty, dtype=dtype,
-            torch_threads=torch_threads, workers=workers, resume=resume, progress=progress,
-            client=client, t0=t0)
+        job = _Job(
+            checkpoint=os.path.abspath(ckpt_path), checkpoint_sha=_sha256(ckpt_path),
+            image=os.path.abspath(image_path), output=os.path.abspath(partial_path(out)),
+            channel_axis="c" in img.axes, shape=tuple(spatial), block=tuple(block_),
+            window=tuple(window), offset=tuple(offset), device=str(dev),
+            amp=bool(bf16) and dev.type == "cuda", tta=bool(tta),
+            skip_empty=None if skip_empty is None else float(skip_empty),
+            skip_level=skip[0] if skip else None, skip_factors=skip[1] if skip else None,
+            torch_threads=torch_threads, classes=int(cfg["out_channels"]), dtype=dtype,
+        )
+        return _predict_blocks(job, ckpt=ckpt, img=img, out=out, image_path=image_path,
+                               batch_size=batch_size or (4 if dev.type == "cuda" else 1),
+                               workers=workers, run=run, client=client, t0=t0)
 
 
-def _predict_store(*, ckpt, ckpt_path, image_path, out, img, cfg, spatial, block_, window,
-                   offset, dev, batch_size, bf16, tta, skip_empty, dtype, torch_threads,
-                   workers, resume, progress, client, t0) -> PredictResult:
-    """:func:`predict_store` once the device and the cluster (if any) are known."""
+def _predict_blocks(job: _Job, *, ckpt: dict, img, out: Path, image_path: str,
+                    batch_size: int, workers: int, run: Execution, client,
+                    t0: float) -> PredictResult:
+    """:func:`predict_store` once the job, the device and the cluster (if any) are known:
+    the blocks not done before, then the store renamed into place."""
     import torch
 
-    from ..core.cluster import run_tasks
-    from ..core.progress import bar
     from ..io.images import replace_path, set_multiscale_metadata
 
     mode = (ckpt.get("targets") or {}).get("mode") or "two_class"
     classes = list((ckpt.get("targets") or {}).get("classes")
                    or (["background", "cell"] if mode == "two_class"
                        else ["background", "interior", "boundary"]))
-    n_classes = int(cfg["out_channels"])
+    n_classes, spatial, dtype = job.classes, job.shape, job.dtype
     classes = classes[:n_classes] + [f"class{i}" for i in range(len(classes), n_classes)]
-    skip = _skip_level(image_path, img, window) if skip_empty is not None else None
-
-    job = _Job(
-        checkpoint=os.path.abspath(ckpt_path), checkpoint_sha=_sha256(ckpt_path),
-        image=os.path.abspath(image_path), output=os.path.abspath(partial_path(out)),
-        channel_axis="c" in img.axes, shape=tuple(spatial), block=tuple(block_),
-        window=tuple(window), offset=tuple(offset), device=str(dev),
-        amp=bool(bf16) and dev.type == "cuda", tta=bool(tta),
-        skip_empty=None if skip_empty is None else float(skip_empty),
-        skip_level=skip[0] if skip else None, skip_factors=skip[1] if skip else None,
-        torch_threads=torch_threads, classes=n_classes, dtype=dtype,
-    )
+    dev = torch.device(job.device)
     # what the stored values depend on; threads, batch size and scheduler change
     # nothing, the device type and bf16 change the rounding
     fingerprint = {
@@ -444,9 +420,9 @@ def _predict_store(*, ckpt, ckpt_path, image_path, out, img, cfg, spatial, block
         "device_type": dev.type, "bf16": job.amp,
     }
     partial = Path(job.output)
-    grid = [math.ceil(s / b) for s, b in zip(spatial, block_, strict=True)]
+    grid = [math.ceil(s / b) for s, b in zip(spatial, job.block, strict=True)]
     all_blocks = list(itertools.product(*[range(g) for g in grid]))
-    done = resume_state(partial, fingerprint, resume=resume, stage="predict")
+    done = resume_state(partial, fingerprint, resume=run.resume, stage="predict")
     if done == "complete":  # killed while finishing: every block is there
         done = set(all_blocks)
     elif done is None:
@@ -462,19 +438,20 @@ def _predict_store(*, ckpt, ckpt_path, image_path, out, img, cfg, spatial, block
     log.info("predict: %s: shape %s, %d blocks of %s from windows of %s (%d done before), "
              "%d batch(es) of %d on %s, %d Dask thread(s) x %d torch thread(s)%s",
              image_path, "x".join(map(str, spatial)), len(all_blocks),
-             "x".join(map(str, block_)), "x".join(map(str, window)), len(done), len(batches),
-             batch_size, dev, workers, torch_threads, ", flip TTA" if tta else "")
+             "x".join(map(str, job.block)), "x".join(map(str, job.window)), len(done),
+             len(batches), batch_size, dev, workers, job.torch_threads,
+             ", flip TTA" if job.tta else "")
     counts = [0, 0]
     t_start = time.perf_counter()
     previous_threads = torch.get_num_threads()
     previous_benchmark = torch.backends.cudnn.benchmark
     if dev.type == "cpu":
-        torch.set_num_threads(torch_threads)
+        torch.set_num_threads(job.torch_threads)
     else:
         torch.backends.cudnn.benchmark = True  # one window shape: tune once
     try:
         with bar(total=len(all_blocks), initial=len(done), desc="predict", unit="block",
-                 disable=not progress) as pbar:
+                 disable=not run.progress) as pbar:
             if batches:
                 results = run_tasks(_run_blocks, [(job, b) for b in batches], client=client,
                                     workers=workers, pbar=pbar, count=sum)
@@ -493,10 +470,10 @@ def _predict_store(*, ckpt, ckpt_path, image_path, out, img, cfg, spatial, block
     finish(partial)
     replace_path(partial, out)
     result = PredictResult(
-        output=os.fspath(out), shape=tuple(spatial), classes=classes, block=tuple(block_),
-        window=tuple(window), blocks=len(all_blocks), computed=counts[0],
+        output=os.fspath(out), shape=tuple(spatial), classes=classes, block=tuple(job.block),
+        window=tuple(job.window), blocks=len(all_blocks), computed=counts[0],
         skipped=counts[1], resumed=len(done), seconds=seconds, device=str(dev),
-        workers=workers, torch_threads=torch_threads, batch_size=batch_size,
+        workers=workers, torch_threads=job.torch_threads, batch_size=batch_size,
     )
     log.info("predict: %s -> %s: %d blocks (%d computed, %d skipped as empty, %d done "
              "before) in %.1f s: %.3g voxels/s (%.3g blocks/s), %.1f s in all",

@@ -48,13 +48,14 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..core.boxes import intersect, shift
+from ..core.cluster import Execution
 from ..core.errors import ConfigError, InputError
 from ..core.memory import release_free_memory
 from ..io.resume import (
@@ -365,10 +366,7 @@ def _union_find(edges: np.ndarray):
 def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                   params: SegmentParams = SegmentParams(),
                   block: Sequence[int] | None = None, halo: Sequence[int] | None = None,
-                  threads: int | None = None, resume: bool = True,
-                  progress: bool = True, scheduler: str = "threads",
-                  address: str | None = None, processes: int | None = None,
-                  dask_slurm: Mapping | None = None) -> SegmentResult:
+                  execution: Execution | None = None) -> SegmentResult:
     """Instance labels of a probability store, block by block, stitched.
 
     Parameters
@@ -390,28 +388,15 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
         reach of the method (growth, closing, an object's radius for the
         watershed); holes as wide as it or wider stay open. Default
         :data:`DEFAULT_HALO`.
-    threads : int, optional
-        Dask threads (default: one per core); with a local dask.distributed
-        cluster, shared among its processes.
-    resume : bool
-        Continue a partial output made from the same input with the same
-        settings.
-    progress : bool
-        Show progress bars.
-    scheduler : {"threads", "distributed", "slurm"}
-        Where the per-block passes (1, 2 and 4) run: Dask's threaded
-        scheduler; a ``dask.distributed`` cluster (the one at ``address``,
-        or a local one of ``processes`` worker processes); or a
-        dask-jobqueue ``SLURMCluster`` set by ``dask_slurm`` (see
-        :mod:`unetpipe.core.cluster`). Pass 3 (the relabelling table) runs here.
-        The workers must see the stores at the same paths.
-    address : str, optional
-        A running dask.distributed scheduler, for ``scheduler="distributed"``.
-    processes : int, optional
-        Worker processes of a local dask.distributed cluster (default 2).
-    dask_slurm : mapping, optional
-        The ``dask_slurm`` config section, for ``scheduler="slurm"``; every
-        worker process runs one Dask thread per core it has.
+    execution : Execution, optional
+        Threads, scheduler, resume and progress
+        (:class:`unetpipe.core.cluster.Execution`; default: one Dask thread per
+        core, Dask's threaded scheduler, resume). ``threads`` are Dask
+        threads; with a local dask.distributed cluster they are shared among
+        its processes, and a SLURM worker process runs one Dask thread per
+        core it has. The per-block passes (1, 2 and 4) run on the scheduler;
+        pass 3 (the relabelling table) runs here. The workers must see the
+        stores at the same paths. ``workers`` is not used.
 
     Returns
     -------
@@ -419,10 +404,10 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     """
     import zarr
 
-    from ..core.cluster import check_scheduler, dask_client, dask_slurm_settings
     from ..io.images import read_image, replace_path, set_multiscale_metadata
 
     t0 = time.perf_counter()
+    run = execution or Execution()
     params.check()
     src, out = os.fspath(probabilities), Path(os.fspath(out))
     img = read_image(src)
@@ -453,9 +438,8 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     # physical units where the store is calibrated, pixels otherwise
     spacing = tuple(img.spacing) if img.unit else (1.0,) * ndim
     grid = tuple(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
-    threads = threads or os.cpu_count() or 1
-    check_scheduler(scheduler, stage="segment")
-    slurm = dask_slurm_settings(dask_slurm) if scheduler == "slurm" else None
+    threads = run.cores
+    run.check("segment")
     partial = partial_path(out)
     job = _Job(probabilities=os.path.abspath(src), output=os.path.abspath(partial),
                shape=tuple(shape), block=block, halo=halo, grid=grid, spacing=spacing,
@@ -464,7 +448,7 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                    "shape": list(shape), "block": list(block), "halo": list(halo),
                    "params": asdict(params), "spacing": list(spacing)}
     all_blocks = list(itertools.product(*[range(g) for g in grid]))
-    done = resume_state(partial, fingerprint, resume=resume, stage="segment")
+    done = resume_state(partial, fingerprint, resume=run.resume, stage="segment")
     if done == "complete":  # killed while finishing: every block is there
         attrs = zarr.open_group(str(partial), mode="r").attrs["unetpipe"]
         finish(partial, remove=(WORK_DIR,))
@@ -491,22 +475,22 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     log.info("segment: %s: shape %s, %s, %d blocks of %s with a halo of %s, %s%s", src,
              "x".join(map(str, shape)), _describe(params, n_classes), len(all_blocks),
              "x".join(map(str, block)), "x".join(map(str, halo)),
-             f"{threads} thread(s)" if scheduler == "threads" else f"{scheduler} scheduler",
+             f"{threads} thread(s)" if run.scheduler == "threads"
+             else f"{run.scheduler} scheduler",
              f" ({resumed} block(s) done before)" if resumed else "")
-    if scheduler == "slurm":
+    if run.scheduler == "slurm":
         per_process = None  # every core of a worker job
-    elif scheduler == "distributed" and not address:
-        per_process = max(1, threads // (processes or 2))
+    elif run.local_cluster:
+        per_process = max(1, threads // (run.processes or 2))
     else:
         per_process = 1
-    with dask_client(scheduler, address=address, processes=processes,
-                     threads_per_process=per_process, dask_slurm=slurm) as client:
+    with run.client(threads_per_process=per_process) as client:
         try:
             # pass 1: segment every block
             todo = [b for b in all_blocks if (1, *b) not in done]
             if todo:
                 _run(_segment_blocks, job, [[b] for b in todo], workers=threads,
-                     desc="segment", progress=progress, initial=len(all_blocks) - len(todo),
+                     desc="segment", progress=run.progress, initial=len(all_blocks) - len(todo),
                      total=len(all_blocks), client=client)
             counts = np.array([np.load(job.work("sizes", f"{job.flat(b)}.npy")).size
                                for b in all_blocks], np.int64)
@@ -532,7 +516,7 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
             fill = _hole_pixels(params, spacing)
             if todo:
                 _run(_relabel_blocks, job, [[b] for b in todo], workers=threads, desc="relabel",
-                     progress=progress, initial=len(all_blocks) - len(todo),
+                     progress=run.progress, initial=len(all_blocks) - len(todo),
                      total=len(all_blocks), extra=(dtype, fill), client=client)
             finished = set(markers(partial / DONE_DIR))
             missing = [b for b in all_blocks if (4, *b) not in finished]
