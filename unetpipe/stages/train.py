@@ -14,7 +14,7 @@ folder (``results/model/``):
     Everything a resumed run needs: weights, optimiser, schedule and random
     states, history, and the best weights so far. Written every
     ``train.checkpoint_every`` iterations. A run started again with the same
-    model, targets and data continues from it; see :func:`resume_state`.
+    model, targets and data continues from it; see :func:`resumable_checkpoint`.
 ``history.csv``, ``training_curves.png``
     Training loss and validation AP per iteration.
 
@@ -34,9 +34,10 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +47,13 @@ from ..core.errors import ConfigError, InputError, UnetpipeError
 from ..io.images import atomic_output
 from ..nn.checkpoint import FORMAT, VERSION, plain, save_checkpoint
 from ..nn.models import load_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..nn.data import PatchSampler, TrainingSample
+    from ..nn.loss import SegmentationLoss
+    from ..nn.transforms import Augment
 
 log = logging.getLogger("unetpipe")
 
@@ -224,8 +232,8 @@ def plot_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def resume_state(path: str | os.PathLike, *, fingerprint_: str, iterations: int,
-                 minutes: float | None) -> dict | None:
+def resumable_checkpoint(path: str | os.PathLike, *, fingerprint_: str, iterations: int,
+                         minutes: float | None) -> dict | None:
     """The checkpoint to resume from, or None to start afresh (with the reason logged).
 
     A run resumes when ``checkpoint_last.pt`` exists, was written for the
@@ -303,68 +311,143 @@ def train_model(train_stores: Sequence[tuple[str, str]], val_stores: Sequence[st
         torch.backends.cudnn.benchmark = benchmark
 
 
+@dataclass
+class _Run:
+    """One training run: what it trains, with what, and how far it has got.
+
+    The steps of :func:`_train_model` share it. The fields from ``start`` on
+    change as the run goes and are what ``checkpoint_last.pt`` carries over
+    to a resumed run.
+    """
+
+    tcfg: dict
+    mcfg: dict
+    acfg: dict
+    out_dir: Path
+    samples: list[TrainingSample]
+    val_images: list[ValImage]
+    patch: tuple[int, ...]
+    device: torch.device
+    amp: bool
+    model: torch.nn.Module
+    model_config: dict
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    loss_fn: SegmentationLoss
+    augment: Augment
+    targets_info: dict
+    normalization: dict
+    data_info: dict
+    fingerprint: str = ""
+    # made after resuming, so that they see the restored weights
+    train_net: torch.nn.Module | None = None
+    sampler: PatchSampler | None = None
+    # progress
+    start: int = 0
+    elapsed0: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    iteration: int = 0
+    elapsed: float = 0.0
+    t0: float = 0.0
+    # the loss of the iterations since the last history row
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    last_loss: float | None = None
+    stopped_by: str = "iterations"
+
+    @property
+    def first(self) -> TrainingSample:
+        """The first training image, which the others must match."""
+        return self.samples[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.first.shape)
+
+    @property
+    def mode(self) -> str:
+        return self.first.mode
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def iterations(self) -> int:
+        return int(self.tcfg["iterations"])
+
+    @property
+    def minutes(self) -> float | None:
+        return self.tcfg["minutes"]
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "checkpoint_last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "checkpoint_best.pt"
+
+
 def _train_model(train_stores, val_stores, out_dir, *, config, progress, stop_at):
+    """:func:`train_model` without restoring the process-wide torch switches.
+
+    Set up (data, model, resumption), run the iterations, then finish
+    (final validation and the files).
+    """
+    t_setup = time.perf_counter()
+    run = _set_up(train_stores, val_stores, out_dir, config=config)
+    _log_setup(run, time.perf_counter() - t_setup)
+    _run_iterations(run, stop_at=stop_at, progress=progress)
+    finished = (stop_at is None or run.iteration >= run.iterations
+                or run.stopped_by == "minutes")
+    _finish(run, finished=finished)
+    done = run.iteration - run.start
+    seconds = time.perf_counter() - run.t0
+    return TrainResult(
+        out_dir=os.fspath(run.out_dir), iterations=run.iteration, start_iteration=run.start,
+        best_ap=None if run.best is None else run.best["ap"],
+        best_iteration=None if run.best is None else run.best["iteration"],
+        final_loss=run.last_loss, seconds=seconds,
+        iterations_per_second=done / seconds if seconds > 0 else 0.0,
+        device=run.device.type, stopped_by=run.stopped_by,
+    )
+
+
+# --- setting up ---------------------------------------------------------------------
+
+
+def _set_up(train_stores, val_stores, out_dir, *, config: dict) -> _Run:
+    """Open the data, build the model and optimiser, and resume if there is a run to resume.
+
+    Parameters
+    ----------
+    train_stores, val_stores, out_dir, config
+        As for :func:`train_model`.
+
+    Returns
+    -------
+    _Run
+        Ready for :func:`_run_iterations`, at the iteration to start from.
+    """
     import torch
 
-    from ..inputs.samples import sample_name
-    from ..nn.data import PatchSampler, Prefetcher, open_training_sample
+    from ..nn.data import PatchSampler
     from ..nn.loss import SegmentationLoss
-    from ..nn.model import UNet, anisotropic_pooling, valid_input_shape
+    from ..nn.model import UNet
     from ..nn.transforms import Augment
 
-    t_setup = time.perf_counter()
     tcfg, mcfg, acfg = config["train"], config["model"], config["augment"]
     out_dir = Path(os.fspath(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     if not train_stores:
         raise ConfigError("no training images: set data.train.images and data.train.labels")
-
-    # -- data
-    train_stores = [(os.fspath(a), os.fspath(b)) for a, b in train_stores]
-    val_stores = [os.fspath(v) for v in val_stores]
-    if not val_stores and tcfg["val_fraction"] > 0 and len(train_stores) >= 2:
-        rng = np.random.default_rng(tcfg["seed"])
-        # at least one image held out, at least one left to train on
-        n_val = min(max(1, round(tcfg["val_fraction"] * len(train_stores))),
-                    len(train_stores) - 1)
-        held = set(rng.choice(len(train_stores), n_val, replace=False).tolist())
-        val_stores = [train_stores[i][0] for i in sorted(held)]
-        train_stores = [s for i, s in enumerate(train_stores) if i not in held]
-        log.info("train: no validation images configured; holding out %s",
-                 ", ".join(sample_name(v) for v in val_stores))
-    samples = [open_training_sample(img, tgt) for img, tgt in train_stores]
+    train_stores, val_stores = _hold_out(train_stores, val_stores, tcfg)
+    samples, val_images = _open_data(train_stores, val_stores)
     first = samples[0]
-    for s in samples[1:]:
-        if (s.mode, s.channels, len(s.shape)) != (first.mode, first.channels, len(first.shape)):
-            raise InputError(train_stores[samples.index(s)][1],
-                             f"{s.name}: {s.mode}, {s.channels} channel(s), {len(s.shape)}D "
-                             f"does not match {first.name}: {first.mode}, {first.channels} "
-                             f"channel(s), {len(first.shape)}D")
-    val_images = [load_val_image(v) for v in val_stores]
     ndim = len(first.shape)
-    for v in val_images:
-        if v.image.shape[0] != first.channels or v.gt.ndim != ndim:
-            raise InputError(v.name, f"validation image of shape {v.image.shape} does not match "
-                                     f"the training images ({first.channels} channel(s), {ndim}D)")
-    mode = first.mode
-    n_classes = 2 if mode == "two_class" else 3
-
-    # -- model
-    pooling = None
-    if ndim == 3 and mcfg["anisotropic"]:
-        pooling = anisotropic_pooling(first.spacing, depth=mcfg["depth"])
-    model_config = dict(ndim=ndim, in_channels=first.channels, out_channels=n_classes,
-                        depth=mcfg["depth"], features=mcfg["features"], padding=mcfg["padding"],
-                        norm=mcfg["norm"], dropout=mcfg["dropout"], pooling=pooling)
-    arch = dict(ndim=ndim, depth=mcfg["depth"], pooling=pooling, padding=mcfg["padding"])
-    asked = tuple(tcfg["patch"] or DEFAULT_PATCH[ndim])
-    if len(asked) != ndim:
-        raise ConfigError(f"config key 'train.patch': {list(asked)} has {len(asked)} values but "
-                          f"the training images are {ndim}D")
-    patch = tuple(valid_input_shape(asked, **arch))
-    if patch != asked:
-        log.info("train: patch %s rounded up to %s, which the network accepts", list(asked),
-                 list(patch))
+    model_config, patch = _model_config(first, mcfg, tcfg)
 
     device = select_device(tcfg["device"])
     cuda = device.type == "cuda"
@@ -377,6 +460,7 @@ def _train_model(train_stores, val_stores, out_dir, *, config, progress, stop_at
     elif cuda:
         torch.backends.cudnn.benchmark = True
 
+    # the initial weights (and so the whole run) follow from the seed
     torch.manual_seed(tcfg["seed"])
     model = UNet(**model_config)
     model_config = model.config  # normalised (explicit pooling list)
@@ -398,7 +482,6 @@ def _train_model(train_stores, val_stores, out_dir, *, config, progress, stop_at
                       rot90=acfg["rot90"], scale=acfg["scale"], shift=acfg["shift"],
                       gamma=acfg["gamma"], noise=acfg["noise"])
 
-    # -- what the checkpoint describes, and what must match to resume
     targets_info = {k: first.attrs.get(k) for k in ("mode", "classes", "w0", "sigma",
                                                     "class_balance")}
     pre_attrs = _store_attrs(train_stores[0][0])
@@ -406,211 +489,389 @@ def _train_model(train_stores, val_stores, out_dir, *, config, progress, stop_at
     data_info = {"ndim": ndim, "channels": first.channels, "spacing": list(first.spacing),
                  "unit": first.attrs.get("unit"), "patch": list(patch),
                  "train": [s.name for s in samples], "val": [v.name for v in val_images]}
+    run = _Run(tcfg=tcfg, mcfg=mcfg, acfg=acfg, out_dir=out_dir, samples=samples,
+               val_images=val_images, patch=patch, device=device, amp=amp, model=model,
+               model_config=model_config, optimizer=optimizer, schedule=schedule,
+               loss_fn=loss_fn, augment=augment, targets_info=targets_info,
+               normalization=normalization, data_info=data_info)
+    run.fingerprint = _run_fingerprint(run, train_stores, val_stores)
+    _resume(run)
 
-    def settings(attrs: dict) -> dict:
-        # what a store was made with, not where it was made: a moved project resumes
-        return {k: v for k, v in attrs.items() if k not in ("source", "labels_source")}
+    run.train_net = torch.compile(model) if tcfg["compile"] else model
+    run.sampler = PatchSampler(samples, patch_shape=patch, foreground=tcfg["foreground"],
+                               seed=tcfg["seed"])
+    return run
 
-    fp = fingerprint({
-        "model": model_config, "targets": [settings(s.attrs) for s in samples],
-        "preprocessed": [settings(_store_attrs(img)) for img, _ in train_stores]
-        + [settings(_store_attrs(v)) for v in val_stores],
-        "val_shapes": [list(v.image.shape) for v in val_images],
-        "shapes": [list(s.shape) for s in samples], "data": data_info,
-        "train": {k: v for k, v in tcfg.items() if k not in _RESUMABLE_CHANGES},
-        "augment": acfg, "normalization": normalization,
+
+def _hold_out(train_stores, val_stores, tcfg: dict) -> tuple[list, list]:
+    """The training and validation stores, as paths, with images held out if need be.
+
+    Without validation images, ``train.val_fraction`` of the training images
+    (drawn with ``train.seed``) validate instead.
+    """
+    from ..inputs.samples import sample_name
+
+    train_stores = [(os.fspath(a), os.fspath(b)) for a, b in train_stores]
+    val_stores = [os.fspath(v) for v in val_stores]
+    if not val_stores and tcfg["val_fraction"] > 0 and len(train_stores) >= 2:
+        rng = np.random.default_rng(tcfg["seed"])
+        # at least one image held out, at least one left to train on
+        n_val = min(max(1, round(tcfg["val_fraction"] * len(train_stores))),
+                    len(train_stores) - 1)
+        held = set(rng.choice(len(train_stores), n_val, replace=False).tolist())
+        val_stores = [train_stores[i][0] for i in sorted(held)]
+        train_stores = [s for i, s in enumerate(train_stores) if i not in held]
+        log.info("train: no validation images configured; holding out %s",
+                 ", ".join(sample_name(v) for v in val_stores))
+    return train_stores, val_stores
+
+
+def _open_data(train_stores: list, val_stores: list) -> tuple[list, list[ValImage]]:
+    """The training samples and validation images, checked to fit together.
+
+    Raises
+    ------
+    InputError
+        An image differs from the first training image in mode, channels or
+        dimensionality.
+    """
+    from ..nn.data import open_training_sample
+
+    samples = [open_training_sample(img, tgt) for img, tgt in train_stores]
+    first = samples[0]
+    for s in samples[1:]:
+        if (s.mode, s.channels, len(s.shape)) != (first.mode, first.channels, len(first.shape)):
+            raise InputError(train_stores[samples.index(s)][1],
+                             f"{s.name}: {s.mode}, {s.channels} channel(s), {len(s.shape)}D "
+                             f"does not match {first.name}: {first.mode}, {first.channels} "
+                             f"channel(s), {len(first.shape)}D")
+    val_images = [load_val_image(v) for v in val_stores]
+    ndim = len(first.shape)
+    for v in val_images:
+        if v.image.shape[0] != first.channels or v.gt.ndim != ndim:
+            raise InputError(v.name, f"validation image of shape {v.image.shape} does not match "
+                                     f"the training images ({first.channels} channel(s), {ndim}D)")
+    return samples, val_images
+
+
+def _model_config(first: TrainingSample, mcfg: dict, tcfg: dict) -> tuple[dict, tuple]:
+    """The U-Net's settings for these images, and the patch shape it accepts.
+
+    Raises
+    ------
+    ConfigError
+        ``train.patch`` has the wrong number of axes.
+    """
+    from ..nn.model import anisotropic_pooling, valid_input_shape
+
+    ndim = len(first.shape)
+    n_classes = 2 if first.mode == "two_class" else 3
+    pooling = None
+    if ndim == 3 and mcfg["anisotropic"]:
+        pooling = anisotropic_pooling(first.spacing, depth=mcfg["depth"])
+    model_config = dict(ndim=ndim, in_channels=first.channels, out_channels=n_classes,
+                        depth=mcfg["depth"], features=mcfg["features"], padding=mcfg["padding"],
+                        norm=mcfg["norm"], dropout=mcfg["dropout"], pooling=pooling)
+    arch = dict(ndim=ndim, depth=mcfg["depth"], pooling=pooling, padding=mcfg["padding"])
+    asked = tuple(tcfg["patch"] or DEFAULT_PATCH[ndim])
+    if len(asked) != ndim:
+        raise ConfigError(f"config key 'train.patch': {list(asked)} has {len(asked)} values but "
+                          f"the training images are {ndim}D")
+    patch = tuple(valid_input_shape(asked, **arch))
+    if patch != asked:
+        log.info("train: patch %s rounded up to %s, which the network accepts", list(asked),
+                 list(patch))
+    return model_config, patch
+
+
+def _settings(attrs: dict) -> dict:
+    # what a store was made with, not where it was made: a moved project resumes
+    return {k: v for k, v in attrs.items() if k not in ("source", "labels_source")}
+
+
+def _run_fingerprint(run: _Run, train_stores: list, val_stores: list) -> str:
+    """The fingerprint of what must match for ``checkpoint_last.pt`` to be resumed."""
+    return fingerprint({
+        "model": run.model_config, "targets": [_settings(s.attrs) for s in run.samples],
+        "preprocessed": [_settings(_store_attrs(img)) for img, _ in train_stores]
+        + [_settings(_store_attrs(v)) for v in val_stores],
+        "val_shapes": [list(v.image.shape) for v in run.val_images],
+        "shapes": [list(s.shape) for s in run.samples], "data": run.data_info,
+        "train": {k: v for k, v in run.tcfg.items() if k not in _RESUMABLE_CHANGES},
+        "augment": run.acfg, "normalization": run.normalization,
     })
-    iterations, minutes = int(tcfg["iterations"]), tcfg["minutes"]
-    last_path, best_path = out_dir / "checkpoint_last.pt", out_dir / "checkpoint_best.pt"
 
-    def _describe() -> dict:
-        return {
-            "format": FORMAT, "version": VERSION, "unetpipe_version": __version__,
-            "torch_version": str(torch.__version__),  # a str subclass that would need pickle
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "normalization": plain(normalization), "targets": plain(targets_info),
-            "data": plain(data_info), "fingerprint": fp,
-            # the settings that shaped this model: the training sections as
-            # given, targets and normalisation as found in the stores
-            "config": plain({"model": mcfg, "train": tcfg, "augment": acfg,
-                              "targets": targets_info, "preprocess": normalization}),
-        }
 
-    start, elapsed0, history, best, pending = 0, 0.0, [], None, (0.0, 0)
-    ckpt = resume_state(last_path, fingerprint_=fp, iterations=iterations,
-                        minutes=minutes) if tcfg["resume"] else None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"]["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if cuda and ckpt["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        start, elapsed0 = int(ckpt["iteration"]), float(ckpt["elapsed"])
-        history, best = list(ckpt["history"]), ckpt.get("best")
-        pending = ckpt.get("pending_loss", pending)
-        log.info("train: resuming from %s at iteration %d (%.0f s done)", last_path, start,
-                 elapsed0)
-        if best is not None and not best_path.exists():
-            _save_best(best_path, best, _describe() | {"model_config": model_config})
-    del ckpt
+def _resume(run: _Run) -> None:
+    """Restore the state of an interrupted run from ``checkpoint_last.pt``, if resumable.
 
-    train_net = torch.compile(model) if tcfg["compile"] else model
-    sampler = PatchSampler(samples, patch_shape=patch, foreground=tcfg["foreground"],
-                           seed=tcfg["seed"])
+    See :func:`resumable_checkpoint`.
+    """
+    import torch
 
-    def state_dict_cpu(m):
-        return {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
+    ckpt = resumable_checkpoint(run.last_path, fingerprint_=run.fingerprint,
+                                iterations=run.iterations,
+                                minutes=run.minutes) if run.tcfg["resume"] else None
+    if ckpt is None:
+        return
+    run.model.load_state_dict(ckpt["model"]["state_dict"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.schedule.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if run.cuda and ckpt["rng"].get("cuda"):
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    run.start, run.elapsed0 = int(ckpt["iteration"]), float(ckpt["elapsed"])
+    run.history, run.best = list(ckpt["history"]), ckpt.get("best")
+    pending = ckpt.get("pending_loss", (0.0, 0))
+    run.loss_sum, run.loss_n = float(pending[0]), int(pending[1])
+    log.info("train: resuming from %s at iteration %d (%.0f s done)", run.last_path, run.start,
+             run.elapsed0)
+    if run.best is not None and not run.best_path.exists():
+        _keep_best(run)
 
-    def save_last(iteration: int, elapsed: float, finished: bool) -> None:
-        payload = _describe()
-        payload.update({
-            "model": {"class": "UNet", "config": plain(model_config),
-                      "state_dict": state_dict_cpu(model)},
-            "iteration": iteration, "elapsed": elapsed, "finished": finished,
-            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if cuda else []},
-            "history": plain(history), "best": best,
-            # the loss of the iterations since the last history row
-            "pending_loss": [loss_sum, loss_n],
-        })
-        save_checkpoint(payload, last_path)
 
-    def run_validation(iteration: int) -> dict | None:
-        nonlocal best
-        if not val_images:
-            return None
-        scores = validate(model, val_images, mode=mode, device=device, amp=amp)
-        model.train()
-        # ties in AP (common once every object is found) go to the better outlines
-        if best is None or (scores["ap"], scores["iou"]) > (best["ap"], best["iou"]):
-            best = {"iteration": iteration, "ap": float(scores["ap"]),
-                    "iou": float(scores["iou"]), "state_dict": state_dict_cpu(model)}
-            _save_best(best_path, best, _describe() | {"model_config": model_config})
-        return scores
-
+def _log_setup(run: _Run, seconds: float) -> None:
+    first, mcfg = run.first, run.mcfg
     log.info("train: %d training and %d validation image(s), %s, %s; U-Net %dD depth %d, "
              "%d features, %s padding, %s norm, %.2fM parameters; patch %s, batch %d; "
-             "device %s%s; setup %.1f s", len(samples), len(val_images), mode,
-             "spacing " + "x".join(f"{s:g}" for s in first.spacing), ndim, mcfg["depth"],
+             "device %s%s; setup %.1f s", len(run.samples), len(run.val_images), run.mode,
+             "spacing " + "x".join(f"{s:g}" for s in first.spacing), run.ndim, mcfg["depth"],
              mcfg["features"], mcfg["padding"], mcfg["norm"],
-             sum(p.numel() for p in params) / 1e6, "x".join(map(str, patch)),
-             tcfg["batch_size"], device.type, " (bf16, channels_last)" if amp else "",
-             time.perf_counter() - t_setup)
+             sum(p.numel() for p in run.model.parameters()) / 1e6,
+             "x".join(map(str, run.patch)), run.tcfg["batch_size"], run.device.type,
+             " (bf16, channels_last)" if run.amp else "", seconds)
 
-    end = iterations if stop_at is None else min(iterations, int(stop_at))
-    model.train()
-    t0 = time.perf_counter()
-    elapsed = elapsed0
-    iteration = start
-    stopped_by = "iterations"
-    loss_sum, loss_n, last_loss = float(pending[0]), int(pending[1]), None
+
+# --- running ------------------------------------------------------------------------
+
+
+def _run_iterations(run: _Run, *, stop_at: int | None, progress: bool) -> None:
+    """Train from ``run.start`` until the budget (or ``stop_at``) ends.
+
+    Appends a history row every :data:`LOG_EVERY` iterations, validates every
+    ``train.val_every`` and saves ``checkpoint_last.pt`` on validating or
+    every ``train.checkpoint_every`` iterations. Sets ``run.stopped_by`` to
+    ``"minutes"`` when the time budget ends the run.
+    """
+    from ..nn.data import Prefetcher
+
+    tcfg = run.tcfg
+    end = run.iterations if stop_at is None else min(run.iterations, int(stop_at))
+    run.model.train()
+    run.t0 = time.perf_counter()
+    run.elapsed = run.elapsed0
+    run.iteration = run.start
     bar = None
     if progress:
         from ..core.progress import bar as make_bar
 
-        bar = make_bar(total=iterations, initial=start, desc="train", unit="it")
-    last_saved = start
+        bar = make_bar(total=run.iterations, initial=run.start, desc="train", unit="it")
+    last_saved = run.start
     try:
-        with Prefetcher(sampler, batch_size=tcfg["batch_size"], start=start) as batches:
-            while iteration < end:
-                if minutes is not None and elapsed >= 60 * minutes:
-                    stopped_by = "minutes"
+        with Prefetcher(run.sampler, batch_size=tcfg["batch_size"], start=run.start) as batches:
+            while run.iteration < end:
+                if run.minutes is not None and run.elapsed >= 60 * run.minutes:
+                    run.stopped_by = "minutes"
                     break
-                index, (x, t, w) = next(batches)
-                assert index == iteration
-                x = torch.from_numpy(x).to(device, non_blocking=True)
-                t = torch.from_numpy(t).to(device, non_blocking=True)
-                w = torch.from_numpy(w).to(device, non_blocking=True)
-                gen = torch.Generator().manual_seed(_batch_seed(tcfg["seed"], iteration, 1))
-                x, t, w = augment(x, t, w, generator=gen)
-                if amp:
-                    x = x.contiguous(memory_format=torch.channels_last if ndim == 2
-                                     else torch.channels_last_3d)
-                # the time fraction would make the rate depend on the machine's speed
-                progress_frac = iteration / iterations if tcfg["deterministic"] else max(
-                    iteration / iterations, elapsed / (60 * minutes) if minutes else 0.0)
-                lr = schedule(iteration, progress_frac)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = train_net(x)
-                loss = loss_fn(logits, t.long(), w)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise UnetpipeError(f"training diverged at iteration {iteration} (loss "
-                                        f"{value}); lower train.lr")
-                loss_sum, loss_n, last_loss = loss_sum + value, loss_n + 1, value
-                iteration += 1
-                elapsed = elapsed0 + time.perf_counter() - t0
+                index, batch = next(batches)
+                assert index == run.iteration
+                value, lr = _step(run, batch)
+                run.iteration += 1
+                run.elapsed = run.elapsed0 + time.perf_counter() - run.t0
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2g}", refresh=False)
-                validate_now = iteration % tcfg["val_every"] == 0
-                if iteration % LOG_EVERY == 0 or validate_now or iteration == iterations:
-                    row = {"iteration": iteration, "loss": round(loss_sum / loss_n, 6),
-                           "lr": lr, "seconds": round(elapsed, 2)}
-                    loss_sum, loss_n = 0.0, 0
+                validate_now = run.iteration % tcfg["val_every"] == 0
+                if (run.iteration % LOG_EVERY == 0 or validate_now
+                        or run.iteration == run.iterations):
+                    _record(run, lr=lr, validate_now=validate_now)
+                if validate_now or run.iteration - last_saved >= tcfg["checkpoint_every"]:
+                    _save_last(run, finished=False)
+                    last_saved = run.iteration
                     if validate_now:
-                        scores = run_validation(iteration)
-                        elapsed = elapsed0 + time.perf_counter() - t0
-                        if scores is not None:
-                            row.update(val_ap=round(scores["ap"], 6),
-                                       val_iou=round(scores["iou"], 6), val_tp=scores["tp"],
-                                       val_fp=scores["fp"], val_fn=scores["fn"])
-                            log.info("train: iteration %d/%d, loss %.4f, validation AP@0.5 "
-                                     "%.3f (best %.3f at %d), %.0f s", iteration, iterations,
-                                     row["loss"], scores["ap"], best["ap"], best["iteration"],
-                                     elapsed)
-                    history.append(row)
-                if validate_now or iteration - last_saved >= tcfg["checkpoint_every"]:
-                    save_last(iteration, elapsed, finished=False)
-                    last_saved = iteration
-                    if validate_now:
-                        write_history(history, out_dir / "history.csv")
+                        write_history(run.history, run.out_dir / "history.csv")
     finally:
         if bar is not None:
             bar.close()
 
-    finished = stop_at is None or iteration >= iterations or stopped_by == "minutes"
-    if finished and loss_n:  # the last, shorter interval of a run stopped by the clock
-        history.append({"iteration": iteration, "loss": round(loss_sum / loss_n, 6),
-                        "lr": schedule.last_lr, "seconds": round(elapsed, 2)})
-        loss_sum, loss_n = 0.0, 0
-    if finished and val_images and (not history or history[-1].get("val_ap") is None
-                                    or history[-1]["iteration"] != iteration):
-        scores = run_validation(iteration)
-        row = {"iteration": iteration, "loss": None, "lr": schedule.last_lr,
-               "seconds": round(elapsed, 2), "val_ap": round(scores["ap"], 6),
-               "val_iou": round(scores["iou"], 6), "val_tp": scores["tp"],
-               "val_fp": scores["fp"], "val_fn": scores["fn"]}
-        if history and history[-1]["iteration"] == iteration:
-            history[-1].update({k: v for k, v in row.items() if k != "loss"})
-        else:
-            history.append(row)
-        log.info("train: final validation at iteration %d: AP@0.5 %.3f (best %.3f at %d)",
-                 iteration, scores["ap"], best["ap"], best["iteration"])
-    if finished and not val_images:
-        best = {"iteration": iteration, "ap": None, "iou": None,
-                "state_dict": state_dict_cpu(model)}
-        _save_best(best_path, best, _describe() | {"model_config": model_config})
-    save_last(iteration, elapsed, finished=finished)
-    write_history(history, out_dir / "history.csv")
+
+def _step(run: _Run, batch: tuple) -> tuple[float, float]:
+    """One optimisation step on ``batch`` at iteration ``run.iteration``.
+
+    Returns
+    -------
+    (float, float)
+        The loss and the learning rate.
+
+    Raises
+    ------
+    UnetpipeError
+        The loss is not finite.
+    """
+    import torch
+
+    tcfg, device, iteration, iterations = run.tcfg, run.device, run.iteration, run.iterations
+    x, t, w = batch
+    x = torch.from_numpy(x).to(device, non_blocking=True)
+    t = torch.from_numpy(t).to(device, non_blocking=True)
+    w = torch.from_numpy(w).to(device, non_blocking=True)
+    gen = torch.Generator().manual_seed(_batch_seed(tcfg["seed"], iteration, 1))
+    x, t, w = run.augment(x, t, w, generator=gen)
+    if run.amp:
+        x = x.contiguous(memory_format=torch.channels_last if run.ndim == 2
+                         else torch.channels_last_3d)
+    # the time fraction would make the rate depend on the machine's speed
+    minutes = run.minutes
+    progress_frac = iteration / iterations if tcfg["deterministic"] else max(
+        iteration / iterations, run.elapsed / (60 * minutes) if minutes else 0.0)
+    lr = run.schedule(iteration, progress_frac)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.amp):
+        logits = run.train_net(x)
+    loss = run.loss_fn(logits, t.long(), w)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise UnetpipeError(f"training diverged at iteration {iteration} (loss "
+                            f"{value}); lower train.lr")
+    run.loss_sum, run.loss_n, run.last_loss = run.loss_sum + value, run.loss_n + 1, value
+    return value, lr
+
+
+def _record(run: _Run, *, lr: float, validate_now: bool) -> None:
+    """Append a history row for the iterations since the last, validating if it is time."""
+    row = {"iteration": run.iteration, "loss": round(run.loss_sum / run.loss_n, 6),
+           "lr": lr, "seconds": round(run.elapsed, 2)}
+    run.loss_sum, run.loss_n = 0.0, 0
+    if validate_now:
+        scores = _validate(run)
+        run.elapsed = run.elapsed0 + time.perf_counter() - run.t0
+        if scores is not None:
+            row.update(val_ap=round(scores["ap"], 6),
+                       val_iou=round(scores["iou"], 6), val_tp=scores["tp"],
+                       val_fp=scores["fp"], val_fn=scores["fn"])
+            log.info("train: iteration %d/%d, loss %.4f, validation AP@0.5 "
+                     "%.3f (best %.3f at %d), %.0f s", run.iteration, run.iterations,
+                     row["loss"], scores["ap"], run.best["ap"], run.best["iteration"],
+                     run.elapsed)
+    run.history.append(row)
+
+
+# --- validating ---------------------------------------------------------------------
+
+
+def _validate(run: _Run) -> dict | None:
+    """Validate at ``run.iteration``, keeping the weights as the best if they are.
+
+    Returns
+    -------
+    dict or None
+        The scores of :func:`validate`; None without validation images.
+    """
+    if not run.val_images:
+        return None
+    scores = validate(run.model, run.val_images, mode=run.mode, device=run.device, amp=run.amp)
+    run.model.train()
+    best = run.best
+    # ties in AP (common once every object is found) go to the better outlines
+    if best is None or (scores["ap"], scores["iou"]) > (best["ap"], best["iou"]):
+        run.best = {"iteration": run.iteration, "ap": float(scores["ap"]),
+                    "iou": float(scores["iou"]), "state_dict": _state_dict_cpu(run.model)}
+        _keep_best(run)
+    return scores
+
+
+def _final_validation(run: _Run) -> None:
+    """Validate the last weights, into the last history row if it is for this iteration."""
+    iteration = run.iteration
+    scores = _validate(run)
+    row = {"iteration": iteration, "loss": None, "lr": run.schedule.last_lr,
+           "seconds": round(run.elapsed, 2), "val_ap": round(scores["ap"], 6),
+           "val_iou": round(scores["iou"], 6), "val_tp": scores["tp"],
+           "val_fp": scores["fp"], "val_fn": scores["fn"]}
+    history = run.history
+    if history and history[-1]["iteration"] == iteration:
+        history[-1].update({k: v for k, v in row.items() if k != "loss"})
+    else:
+        history.append(row)
+    log.info("train: final validation at iteration %d: AP@0.5 %.3f (best %.3f at %d)",
+             iteration, scores["ap"], run.best["ap"], run.best["iteration"])
+
+
+# --- saving -------------------------------------------------------------------------
+
+
+def _finish(run: _Run, *, finished: bool) -> None:
+    """Close the history, validate the last weights and write the run's files.
+
+    A run that ``finished`` (not one cut short by ``stop_at``) also gets its
+    final validation, a best checkpoint when there is nothing to validate on,
+    and ``training_curves.png``.
+    """
+    history = run.history
+    if finished and run.loss_n:  # the last, shorter interval of a run stopped by the clock
+        history.append({"iteration": run.iteration,
+                        "loss": round(run.loss_sum / run.loss_n, 6),
+                        "lr": run.schedule.last_lr, "seconds": round(run.elapsed, 2)})
+        run.loss_sum, run.loss_n = 0.0, 0
+    if finished and run.val_images and (not history or history[-1].get("val_ap") is None
+                                        or history[-1]["iteration"] != run.iteration):
+        _final_validation(run)
+    if finished and not run.val_images:
+        run.best = {"iteration": run.iteration, "ap": None, "iou": None,
+                    "state_dict": _state_dict_cpu(run.model)}
+        _keep_best(run)
+    _save_last(run, finished=finished)
+    write_history(history, run.out_dir / "history.csv")
     if finished:
-        plot_history(history, out_dir / "training_curves.png")
-    done = iteration - start
-    seconds = time.perf_counter() - t0
-    return TrainResult(
-        out_dir=os.fspath(out_dir), iterations=iteration, start_iteration=start,
-        best_ap=None if best is None else best["ap"],
-        best_iteration=None if best is None else best["iteration"], final_loss=last_loss,
-        seconds=seconds, iterations_per_second=done / seconds if seconds > 0 else 0.0,
-        device=device.type, stopped_by=stopped_by,
-    )
+        plot_history(history, run.out_dir / "training_curves.png")
+
+
+def _state_dict_cpu(module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _describe(run: _Run) -> dict:
+    """The checkpoint fields that describe the run rather than its weights."""
+    import torch
+
+    return {
+        "format": FORMAT, "version": VERSION, "unetpipe_version": __version__,
+        "torch_version": str(torch.__version__),  # a str subclass that would need pickle
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "normalization": plain(run.normalization), "targets": plain(run.targets_info),
+        "data": plain(run.data_info), "fingerprint": run.fingerprint,
+        # the settings that shaped this model: the training sections as
+        # given, targets and normalisation as found in the stores
+        "config": plain({"model": run.mcfg, "train": run.tcfg, "augment": run.acfg,
+                         "targets": run.targets_info, "preprocess": run.normalization}),
+    }
+
+
+def _keep_best(run: _Run) -> None:
+    """Write ``run.best`` to ``checkpoint_best.pt``."""
+    _save_best(run.best_path, run.best, _describe(run) | {"model_config": run.model_config})
+
+
+def _save_last(run: _Run, *, finished: bool) -> None:
+    """Write ``checkpoint_last.pt``: everything a resumed run needs."""
+    import torch
+
+    payload = _describe(run)
+    payload.update({
+        "model": {"class": "UNet", "config": plain(run.model_config),
+                  "state_dict": _state_dict_cpu(run.model)},
+        "iteration": run.iteration, "elapsed": run.elapsed, "finished": finished,
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.schedule.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if run.cuda else []},
+        "history": plain(run.history), "best": run.best,
+        "pending_loss": [run.loss_sum, run.loss_n],
+    })
+    save_checkpoint(payload, run.last_path)
 
 
 def _store_attrs(store_path: str) -> dict:
