@@ -12,7 +12,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from qtpy.QtCore import QItemSelectionModel, Qt
-from test_review import chunk_files, labels_2d, labels_3d, make_results
+from review_data import chunk_files, labels_2d, labels_3d, make_results
 
 from unetpipe.io.images import read_labels
 from unetpipe.plugin.review_widget import ReviewWidget, camera_of

@@ -90,7 +90,7 @@ class Progress:
                  leave: bool = True, mininterval: float = 1.0):
         if total is None and iterable is not None:
             total = len(iterable) if hasattr(iterable, "__len__") else None
-        self.stage, self.total, self.done = desc, total, int(initial)
+        self.stage, self.total, self.done = desc or "", total, int(initial)
         self._iterable = iterable
         self._listeners = list(_listeners())
         self._tqdm = None

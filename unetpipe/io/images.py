@@ -606,7 +606,7 @@ def store(data, target, *, transform=None, progress: str | None = None,
     bands = list(_bands(data.shape, unit, data.dtype.itemsize, max_bytes))
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool, \
-            bar(total=len(bands), desc=progress, unit="band", disable=progress is None,
+            bar(total=len(bands), desc=progress or "write", unit="band", disable=progress is None,
                 leave=False) as pbar:
         for region in bands:
             buffer = np.empty([s.stop - s.start for s in region], dtype=data.dtype)

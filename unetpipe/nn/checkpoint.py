@@ -64,7 +64,7 @@ def plain(value, *, json: bool = False):
     elif isinstance(value, list | tuple):
         return [plain(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
     if not json:
         return value
     if isinstance(value, float) and not math.isfinite(value):

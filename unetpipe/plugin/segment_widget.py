@@ -239,13 +239,18 @@ def segment_layer_data(data, *, checkpoint: str | os.PathLike, folder: str | os.
 # --- progress: the stages tell the widget -------------------------------------------
 
 
+# the steps whose blocks the widget shows
+_SHOWN = ("predict", "segment", "relabel")
+
+
 def _listener(report, cancelled):
-    """A progress listener that passes ``(stage, done, total)`` on to ``report``
-    and stops the stages at their next update once ``cancelled()``."""
+    """A progress listener that passes ``(stage, done, total)`` of the steps the
+    widget shows on to ``report``, and stops the stages at their next update
+    (any step's) once ``cancelled()``."""
     def listen(stage: str, done: int, total: int) -> None:
         if cancelled():
             raise Cancelled()
-        if report is not None:
+        if report is not None and stage in _SHOWN:
             report(stage, done, total)
     return listen
 
@@ -475,8 +480,7 @@ class SegmentWidget(QWidget):
             self.status.setText("Cancelling…")
 
     def _on_progress(self, stage: str, done: int, total: int):
-        titles = {"predict": "Predicting", "segment": "Segmenting", "stitch": "Stitching",
-                  "relabel": "Relabelling"}
+        titles = {"predict": "Predicting", "segment": "Segmenting", "relabel": "Stitching"}
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
         self.status.setText(f"{titles.get(stage, stage)}: {done}/{total} blocks")

@@ -530,7 +530,7 @@ def overlap_counts(gt, pred, *, threads: int | None = None, split_every: int = 8
                                                dask_key_name=f"{prefix}-merge-{depth}-{i}")
                  for i in range(0, len(level), split_every)]
     kwargs = {"scheduler": "threads", "num_workers": threads} if threads else {}
-    with bar(total=n_blocks, desc=progress, unit="chunk", disable=progress is None,
+    with bar(total=n_blocks, desc=progress or "score", unit="chunk", disable=progress is None,
              leave=False) as pbar:
 
         class _Progress(Callback):

@@ -324,7 +324,7 @@ def _run(func, job, batches, *, workers: int, desc: str, progress: bool, initial
          total: int | None = None, extra=(), client=None):
     """Run ``func(job, batch, *extra)`` for every batch, in Dask's threaded
     scheduler or on ``client``'s cluster; each returns the number of blocks it
-    did, or anything else (not counted)."""
+    did, or anything else, which counts as one block (pass 2's batches hold one)."""
     from ..core.cluster import run_tasks
     from ..core.progress import bar
 
@@ -336,7 +336,7 @@ def _run(func, job, batches, *, workers: int, desc: str, progress: bool, initial
              initial=initial, desc=desc, unit="block", disable=not progress) as pbar:
         return run_tasks(func, [(job, b, *extra) for b in batches], client=client,
                          workers=workers, pbar=pbar,
-                         count=lambda r: r if isinstance(r, int) else 0)
+                         count=lambda r: r if isinstance(r, int) else 1)
 
 
 def _clear_arrays() -> None:
