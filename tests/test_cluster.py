@@ -21,9 +21,10 @@ from tiny_workflow import TINY as TINY_BASE
 
 from unetpipe.core.cluster import Execution
 from unetpipe.io.images import write_ome_zarr
+from unetpipe.io.resume import DONE_DIR, partial_path
 from unetpipe.nn.model import UNet
 from unetpipe.stages.instances import SegmentParams
-from unetpipe.stages.predict import DONE_DIR, partial_path, predict_store
+from unetpipe.stages.predict import predict_store
 from unetpipe.stages.segment import segment_store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,11 @@ from unetpipe.cli import main
 from unetpipe.core.cluster import Execution
 from unetpipe.core.errors import ConfigError, InputError
 from unetpipe.io.images import read_image, write_ome_zarr
+from unetpipe.io.resume import DONE_DIR, partial_path
 from unetpipe.nn.checkpoint import FORMAT, VERSION, save_checkpoint
 from unetpipe.nn.model import UNet
 from unetpipe.nn.tiles import mirror_index, predict_array, tiling
-from unetpipe.stages.predict import DONE_DIR, MODEL_LOADS, _skip_level, partial_path, predict_store
+from unetpipe.stages.predict import MODEL_LOADS, _skip_level, predict_store
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

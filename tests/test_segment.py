@@ -17,6 +17,7 @@ from unetpipe.core.cluster import Execution
 from unetpipe.core.errors import ConfigError, InputError
 from unetpipe.inputs.synth import synthetic_nuclei
 from unetpipe.io.images import read_labels
+from unetpipe.io.resume import DONE_DIR, markers, partial_path
 from unetpipe.stages import segment as seg
 from unetpipe.stages.instances import SegmentParams, fill_holes, segment_array
 from unetpipe.stages.metrics import score
@@ -205,12 +206,12 @@ def test_a_killed_segmentation_resumes(tmp_path, monkeypatch, caplog):
     with pytest.raises(KeyboardInterrupt):
         segment_store(store, out, params=params, block=(60, 50),
                       execution=Execution(threads=1, progress=False))
-    partial = seg.partial_path(out)
+    partial = partial_path(out)
     # the relabelling table is chunked: one chunk per block, read block by block
     table = zarr.open_array(str(partial / seg.WORK_DIR / "relabel"))
     assert table.shape[0] == 5 * 5 and table.chunks == (1, table.shape[1])
     assert not out.exists()
-    written = set(seg.markers(partial / seg.DONE_DIR))
+    written = set(markers(partial / DONE_DIR))
     assert len([m for m in written if m[0] == 4]) == 5  # relabelled before the kill
     calls.clear()
 

@@ -292,9 +292,9 @@ def test_killed_snakemake_resumes_prediction_from_the_partial_store(tmp_path):
 
     import torch
 
+    from unetpipe.io.resume import DONE_DIR, partial_path
     from unetpipe.nn.checkpoint import FORMAT, VERSION, save_checkpoint
     from unetpipe.nn.model import UNet
-    from unetpipe.stages.predict import DONE_DIR, partial_path
 
     torch.manual_seed(0)
     model = UNet(ndim=2, depth=2, features=8, out_channels=3).eval()

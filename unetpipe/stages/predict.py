@@ -35,15 +35,7 @@ from ..core.device import select_device, worker_device
 from ..core.errors import ConfigError, InputError
 from ..core.memory import release_free_memory
 from ..core.progress import bar
-from ..io.resume import (
-    DONE_DIR,
-    finish,
-    input_signature,
-    mark_done,
-    markers,
-    partial_path,
-    resume_state,
-)
+from ..io import resume
 from ..nn.tiles import _clip, forward_windows, read_window, tiling
 
 log = logging.getLogger("unetpipe")
@@ -169,7 +161,7 @@ def _run_blocks(job: _Job, indices: Sequence[tuple[int, ...]]) -> tuple[int, int
     """Predict, write and record a batch of blocks; returns (computed, skipped)."""
     state = _worker_state(job)
     source, low, target = state["source"], state["low"], state["target"]
-    done_dir = os.path.join(job.output, DONE_DIR)
+    done_dir = os.path.join(job.output, resume.DONE_DIR)
     origins = [tuple(i * b for i, b in zip(index, job.block, strict=True)) for index in indices]
     windows, empty = [], []
     for origin in origins:
@@ -198,7 +190,7 @@ def _run_blocks(job: _Job, indices: Sequence[tuple[int, ...]]) -> tuple[int, int
         target[(slice(None), *region)] = p
         # the marker follows the chunk: a block without one is computed again (a
         # task retried by dask.distributed may find its marker there already)
-        mark_done(done_dir, index)
+        resume.mark_done(done_dir, index)
     n_empty = sum(empty)
     release_free_memory()
     return len(origins) - n_empty, n_empty
@@ -296,7 +288,7 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
         ``c(z)yx`` or ``(z)yx``).
     out : path
         Output OME-Zarr store. Axes ``c(z)yx``, ``c`` the classes; chunks
-        are the blocks. It is built at :func:`partial_path` and renamed to
+        are the blocks. It is built at :func:`unetpipe.io.resume.partial_path` and renamed to
         ``out`` when every block is done.
     block, halo : sequence of int, optional
         Output block (= chunk) and halo per spatial axis; see :func:`tiling`.
@@ -381,7 +373,7 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
             dev = torch.device(device)
         job = _Job(
             checkpoint=os.path.abspath(ckpt_path), checkpoint_sha=_sha256(ckpt_path),
-            image=os.path.abspath(image_path), output=os.path.abspath(partial_path(out)),
+            image=os.path.abspath(image_path), output=os.path.abspath(resume.partial_path(out)),
             channel_axis="c" in img.axes, shape=tuple(spatial), block=tuple(block_),
             window=tuple(window), offset=tuple(offset), device=str(dev),
             amp=bool(bf16) and dev.type == "cuda", tta=bool(tta),
@@ -414,7 +406,7 @@ def _predict_blocks(job: _Job, *, ckpt: dict, img, out: Path, image_path: str,
     # nothing, the device type and bf16 change the rounding
     fingerprint = {
         "checkpoint_sha256": job.checkpoint_sha, "input": job.image,
-        "input_signature": input_signature(image_path), "shape": list(img.data.shape),
+        "input_signature": resume.input_signature(image_path), "shape": list(img.data.shape),
         "block": list(job.block), "window": list(job.window), "offset": list(job.offset),
         "tta": job.tta, "skip_empty": job.skip_empty, "dtype": dtype,
         "device_type": dev.type, "bf16": job.amp,
@@ -422,7 +414,7 @@ def _predict_blocks(job: _Job, *, ckpt: dict, img, out: Path, image_path: str,
     partial = Path(job.output)
     grid = [math.ceil(s / b) for s, b in zip(spatial, job.block, strict=True)]
     all_blocks = list(itertools.product(*[range(g) for g in grid]))
-    done = resume_state(partial, fingerprint, resume=run.resume, stage="predict")
+    done = resume.resume_state(partial, fingerprint, resume=run.resume, stage="predict")
     if done == "complete":  # killed while finishing: every block is there
         done = set(all_blocks)
     elif done is None:
@@ -462,12 +454,12 @@ def _predict_blocks(job: _Job, *, ckpt: dict, img, out: Path, image_path: str,
         _STATE.clear()
     seconds = time.perf_counter() - t_start
     if len(done) < len(all_blocks):
-        finished = set(markers(partial / DONE_DIR))
+        finished = set(resume.markers(partial / resume.DONE_DIR))
         missing = [b for b in all_blocks if b not in finished]
         if missing:
             raise RuntimeError(f"{len(missing)} block(s) of {partial} were not recorded as "
                                f"done, e.g. {missing[0]}")
-    finish(partial)
+    resume.finish(partial)
     replace_path(partial, out)
     result = PredictResult(
         output=os.fspath(out), shape=tuple(spatial), classes=classes, block=tuple(job.block),
@@ -514,4 +506,4 @@ def _create_output(partial: Path, *, level0_shape, img, block, dtype, fingerprin
         "mode": (ckpt.get("targets") or {}).get("mode"), "fingerprint": fingerprint,
         **settings,
     }
-    (partial / DONE_DIR).mkdir()
+    (partial / resume.DONE_DIR).mkdir()

@@ -58,15 +58,7 @@ from ..core.boxes import intersect, shift
 from ..core.cluster import Execution
 from ..core.errors import ConfigError, InputError
 from ..core.memory import release_free_memory
-from ..io.resume import (
-    DONE_DIR,
-    finish,
-    input_signature,
-    mark_done,
-    markers,
-    partial_path,
-    resume_state,
-)
+from ..io import resume
 from .instances import (
     SegmentParams,
     _hole_pixels,
@@ -210,7 +202,7 @@ def _segment_blocks(job: _Job, indices) -> int:
         halos[(*index, *(slice(None),) * len(job.shape))] = chunk
         sizes = np.bincount(local.ravel(), minlength=ids.size + 1)[1:].astype(np.int64)
         _save_npy(job.work("sizes", f"{job.flat(index)}.npy"), sizes)
-        mark_done(os.path.join(job.output, DONE_DIR), (1, *index))
+        resume.mark_done(os.path.join(job.output, resume.DONE_DIR), (1, *index))
         del seeds, view, local, chunk
         release_free_memory()
     return len(indices)
@@ -314,7 +306,7 @@ def _relabel_blocks(job: _Job, indices, dtype: str, fill: float | None) -> int:
         if fill:
             out = fill_holes(out, max_size=fill, max_extent=[h - 1 for h in hole_halo])
         target[core] = out[shift(core, window)]
-        mark_done(os.path.join(job.output, DONE_DIR), (4, *index))
+        resume.mark_done(os.path.join(job.output, resume.DONE_DIR), (4, *index))
         del out, local
         release_free_memory()
     return len(indices)
@@ -440,18 +432,18 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     grid = tuple(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
     threads = run.cores
     run.check("segment")
-    partial = partial_path(out)
+    partial = resume.partial_path(out)
     job = _Job(probabilities=os.path.abspath(src), output=os.path.abspath(partial),
                shape=tuple(shape), block=block, halo=halo, grid=grid, spacing=spacing,
                params=params, n_classes=n_classes)
-    fingerprint = {"input": job.probabilities, "input_signature": input_signature(src),
+    fingerprint = {"input": job.probabilities, "input_signature": resume.input_signature(src),
                    "shape": list(shape), "block": list(block), "halo": list(halo),
                    "params": asdict(params), "spacing": list(spacing)}
     all_blocks = list(itertools.product(*[range(g) for g in grid]))
-    done = resume_state(partial, fingerprint, resume=run.resume, stage="segment")
+    done = resume.resume_state(partial, fingerprint, resume=run.resume, stage="segment")
     if done == "complete":  # killed while finishing: every block is there
         attrs = zarr.open_group(str(partial), mode="r").attrs["unetpipe"]
-        finish(partial, remove=(WORK_DIR,))
+        resume.finish(partial, remove=(WORK_DIR,))
         replace_path(partial, out)
         return SegmentResult(output=os.fspath(out), shape=tuple(shape),
                              objects=int(attrs["objects"]), pieces=0, merges=0, removed=0,
@@ -467,7 +459,7 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                           chunks=(*(1,) * ndim, *job.window_max), dtype=np.uint32,
                           fill_value=0)
         os.makedirs(job.work("sizes"))
-        (partial / DONE_DIR).mkdir()
+        (partial / resume.DONE_DIR).mkdir()
         # last: a store without it is not resumed
         root.attrs["unetpipe"] = {"stage": "segment", "fingerprint": fingerprint}
         done = set()
@@ -518,7 +510,7 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                 _run(_relabel_blocks, job, [[b] for b in todo], workers=threads, desc="relabel",
                      progress=run.progress, initial=len(all_blocks) - len(todo),
                      total=len(all_blocks), extra=(dtype, fill), client=client)
-            finished = set(markers(partial / DONE_DIR))
+            finished = set(resume.markers(partial / resume.DONE_DIR))
             missing = [b for b in all_blocks if (4, *b) not in finished]
             if missing:
                 raise RuntimeError(f"{len(missing)} block(s) of {partial} were not recorded as "
@@ -536,7 +528,7 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
             if client is not None:
                 with contextlib.suppress(Exception):  # a cluster that failed: nothing to clear
                     client.run(_clear_arrays)
-    finish(partial, remove=(WORK_DIR,))
+    resume.finish(partial, remove=(WORK_DIR,))
     replace_path(partial, out)
     seconds = time.perf_counter() - t0
     result = SegmentResult(output=os.fspath(out), shape=tuple(shape), objects=int(n_objects),
