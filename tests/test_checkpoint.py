@@ -42,7 +42,9 @@ class Tripwire:
 
 
 def payload(**extra):
-    return {"format": FORMAT, "version": VERSION, **extra}
+    """The least a readable checkpoint holds: format, version and a model entry."""
+    model = {"class": "UNet", "config": {"ndim": 2}, "state_dict": {}}
+    return {"format": FORMAT, "version": VERSION, "model": model, **extra}
 
 
 def tiny_unet(seed):
@@ -177,8 +179,18 @@ def test_a_newer_layout_is_refused_and_older_ones_are_read(tmp_path):
                                  f"understands \\({VERSION}\\); upgrade unetpipe")
     torch.save(payload(version=VERSION), tmp_path / "same.pt")
     assert read_checkpoint(tmp_path / "same.pt")["version"] == VERSION
-    torch.save({"format": FORMAT}, tmp_path / "unversioned.pt")  # before versions: 0
-    assert read_checkpoint(tmp_path / "unversioned.pt") == {"format": FORMAT}
+    unversioned = {k: v for k, v in payload().items() if k != "version"}  # before versions: 0
+    torch.save(unversioned, tmp_path / "unversioned.pt")
+    assert read_checkpoint(tmp_path / "unversioned.pt") == unversioned
+
+
+def test_a_checkpoint_without_a_usable_model_entry_is_refused(tmp_path):
+    for i, model in enumerate([None, {"class": "UNet"}, {"config": {}, "state_dict": [1]}]):
+        data = payload() if model is None else payload(model=model)
+        if model is None:
+            del data["model"]
+        torch.save(data, tmp_path / f"m{i}.pt")
+        refused(tmp_path / f"m{i}.pt", "not a usable unetpipe checkpoint: its 'model' entry")
 
 
 # --- models.load_checkpoint and build_model -------------------------------------------

@@ -32,7 +32,8 @@ from unetpipe.stages.targets import write_targets
 pytestmark = pytest.mark.napari
 
 napari = pytest.importorskip("napari")
-from unetpipe.plugin.reader import napari_get_reader, store_kind  # noqa: E402
+from unetpipe.io.images import store_kind  # noqa: E402
+from unetpipe.plugin.reader import napari_get_reader  # noqa: E402
 
 
 def make_results(root: Path, *, shape, spacing, chunks, seed, samples=("a",)):

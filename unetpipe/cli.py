@@ -13,6 +13,7 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -211,6 +212,14 @@ def cmd_segment(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     config = config_from_args(args)
     cfg = config["segment"]
+    if args.image:  # before any work: the table's intensities come from it
+        from .io.images import read_image
+
+        image, probs = read_image(args.image), read_image(args.probabilities)
+        if image.spatial_shape != probs.spatial_shape:
+            raise InputError(args.image, f"has spatial shape {image.spatial_shape}, but the "
+                                         f"probabilities {args.probabilities} have "
+                                         f"{probs.spatial_shape}")
     params = SegmentParams(method=cfg["method"], threshold=cfg["threshold"],
                            foreground=cfg["foreground"], grow=cfg["grow"], seeds=cfg["seeds"],
                            h=cfg["h"], min_size=cfg["min_size"], max_size=cfg["max_size"],
@@ -358,6 +367,32 @@ def cmd_report(args: argparse.Namespace) -> None:
 # --- parser -----------------------------------------------------------------------
 
 
+def _writes(p: argparse.ArgumentParser, outputs: Callable) -> None:
+    """Declare what a command writes: ``outputs(args)`` lists ``(path, kind, inputs,
+    partial)`` for each output (see :func:`unetpipe.io.outputs.claim_output`), checked
+    and locked before the command runs. Gives the command ``--overwrite``."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="Replace an existing output even when it is not a unetpipe output of "
+                        "the same kind (an output that is, or is inside, an input is "
+                        "refused all the same).")
+    p.set_defaults(outputs=outputs)
+
+
+def _partial(path: str) -> str:
+    from .io.resume import partial_path
+
+    return os.fspath(partial_path(path))
+
+
+def _claims(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+    """Check and lock every output of the command (one writer per output)."""
+    from .io.outputs import claim_output
+
+    for path, kind, inputs, partial in getattr(args, "outputs", lambda a: [])(args):
+        stack.enter_context(claim_output(path, kind=kind, inputs=inputs, partial=partial,
+                                         overwrite=args.overwrite))
+
+
 def _add_common(p: argparse.ArgumentParser, *, configfile: bool = True) -> None:
     if configfile:
         p.add_argument("--configfile", metavar="YAML",
@@ -393,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "labels: training, validation and prediction images.")
     _add_common(p)
     add_config_options(p, SYNTH_KEYS)
+    _writes(p, lambda a: [(config_from_args(a)["demo"]["dir"], "demo", [], None)])
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("preprocess", help="Normalise an image into a chunked OME-Zarr store.",
@@ -407,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Worker threads (default: one per core).")
     _add_common(p)
     add_config_options(p, PREPROCESS_KEYS)
+    _writes(p, lambda a: [(a.output, "preprocessed", [a.image, a.labels], None)])
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("targets", help="Training targets and separation weight map of a "
@@ -423,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Worker threads (default: one per core).")
     _add_common(p)
     add_config_options(p, TARGETS_KEYS)
+    _writes(p, lambda a: [(a.output, "targets", [a.store], None)])
     p.set_defaults(func=cmd_targets)
 
     p = sub.add_parser("train", help="Train the U-Net on preprocessed images and their targets.",
@@ -444,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Torch CPU threads (default: one per core).")
     _add_common(p)
     add_config_options(p, TRAIN_KEYS)
+    _writes(p, lambda a: [(a.output, "model",
+                           [*a.train_images, *a.train_targets, *a.val_images], None)])
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="Class probabilities of a preprocessed image, block by "
@@ -466,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "as torch threads.")
     _add_common(p)
     add_config_options(p, (*PREDICT_KEYS, *DASK_SLURM_KEYS))
+    _writes(p, lambda a: [(a.output, "probabilities", [a.store, a.checkpoint],
+                           _partial(a.output))])
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("segment", help="Instance labels from class probabilities, block by "
@@ -491,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Worker threads (default: one per core).")
     _add_common(p)
     add_config_options(p, (*SEGMENT_KEYS, *DASK_SLURM_KEYS))
+    _writes(p, lambda a: [(a.output, "labels", [a.probabilities, a.image], _partial(a.output))]
+            + ([(a.table, "table", [a.probabilities, a.image, a.output], None)]
+               if a.table else []))
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("info", help="Show what a checkpoint holds.",
@@ -516,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", metavar="NAME", help="Sample name (default: from LABELS).")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="Worker threads (default: one per core).")
+    _writes(p, lambda a: [(a.output, "metrics", [a.labels, a.truth], None)])
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("summarize", help="Table of the evaluation of every sample, pooled.",
@@ -524,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "row 'pooled' (counts added over the samples).")
     p.add_argument("output", help="Output CSV, e.g. results/metrics/summary.csv.")
     p.add_argument("metrics", nargs="+", help="Metrics JSON files.")
+    _writes(p, lambda a: [(a.output, "summary", a.metrics, None)])
     p.set_defaults(func=cmd_summarize)
 
     p = sub.add_parser("export", help="Write a checkpoint as a bioimage.io model package "
@@ -561,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Do not validate and test-run the package with bioimageio.core.")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="Torch CPU threads (default: one per core).")
+    _writes(p, lambda a: [(a.output, "package", [a.checkpoint, a.image], None)])
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("config", help="Validate a config file and print it with defaults.",
@@ -589,6 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sample", metavar="NAME", help="Name in the title.")
     r.add_argument("--crop", type=int, default=256, metavar="N",
                    help="Side of the full-resolution crop (default: 256).")
+    _writes(r, lambda a: [(a.output, "figure", [a.image, a.labels, a.truth, a.metrics],
+                           None)])
     r = rsub.add_parser("weightmap", help="A training sample's targets and weight map.")
     r.add_argument("targets", help="Targets store, e.g. results/targets/NAME.zarr.")
     r.add_argument("image", help="Its preprocessed store (with labels/gt).")
@@ -596,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sample", metavar="NAME", help="Name in the title.")
     r.add_argument("--crop", type=int, default=128, metavar="N",
                    help="Side of the crop (default: 128).")
+    _writes(r, lambda a: [(a.output, "figure", [a.targets, a.image], None)])
     r = rsub.add_parser("runtimes", help="Wall time, CPU time and peak memory per rule, from "
                                          "Snakemake's benchmark files.")
     r.add_argument("benchmarks", help="Folder of benchmark TSV files, e.g. results/benchmarks.")
@@ -605,14 +656,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="A rule's benchmark path with wildcards, e.g. "
                         "preprocess=results/benchmarks/preprocess/{sample}.tsv (default: the "
                         "rule is the file's folder, or its name).")
+    _writes(r, lambda a: [(a.html, "figure", [a.benchmarks, a.png], None),
+                          (a.png, "figure", [a.benchmarks, a.html], None)])
     r = rsub.add_parser("metrics", help="The evaluation summary as an HTML table.")
     r.add_argument("summary", help="summary.csv of unetpipe summarize.")
     r.add_argument("output", help="Output HTML.")
+    _writes(r, lambda a: [(a.output, "figure", [a.summary], None)])
     r = rsub.add_parser("config", help="The resolved config as an HTML page.")
     r.add_argument("output", help="Output HTML.")
     r.add_argument("--json", metavar="TEXT", help="The config as JSON (the workflow passes its "
                                                   "validated config).")
     _add_common(r)
+    _writes(r, lambda a: [(a.output, "figure", [a.configfile], None)])
     p.set_defaults(func=cmd_report)
     return parser
 
@@ -655,7 +710,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_file = _setup_logging(args)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
-        func(args)
+        with contextlib.ExitStack() as stack:
+            _claims(args, stack)
+            func(args)
     except UnetpipeError as e:
         if args.debug:
             raise

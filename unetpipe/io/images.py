@@ -70,6 +70,15 @@ class LazyImage:
     path: str
     metadata: dict = field(default_factory=dict, compare=False)
 
+    def __post_init__(self):
+        dtype = np.dtype(self.data.dtype)
+        if dtype.kind == "c":
+            raise InputError(self.path, f"holds complex values ({dtype}); unetpipe reads "
+                                        "real-valued images only (take the magnitude or the "
+                                        "real part first)")
+        if dtype.kind not in "biuf":
+            raise InputError(self.path, f"holds values of type {dtype}, not numbers")
+
     @property
     def spatial_axes(self) -> str:
         return self.axes.replace("c", "")
@@ -82,6 +91,59 @@ class LazyImage:
     def ndim(self) -> int:
         """Number of spatial dimensions, 2 or 3."""
         return len(self.spatial_axes)
+
+
+def label_dtype(dtype) -> np.dtype:
+    """The unsigned integer type instance labels of ``dtype`` are stored as."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating) or dtype.itemsize > 4 or dtype.kind == "i":
+        return np.dtype(np.uint32) if dtype.itemsize <= 4 else np.dtype(np.uint64)
+    return dtype
+
+
+def check_label_block(block: np.ndarray, *, path: str, dtype=None) -> np.ndarray:
+    """A block of instance labels, checked: finite, whole, not negative.
+
+    Parameters
+    ----------
+    block : ndarray
+        Label ids (any real dtype).
+    path : str
+        The file, named in the error.
+    dtype : numpy dtype, optional
+        Cast the checked block to it (default: as it is).
+
+    Raises
+    ------
+    InputError
+        NaN or infinite values, fractions (0.5), or negative values.
+
+    Examples
+    --------
+    >>> check_label_block(np.array([0.0, 2.0]), path="l.tif", dtype=np.uint32)
+    array([0, 2], dtype=uint32)
+    """
+    if np.issubdtype(block.dtype, np.floating):
+        if not np.isfinite(block).all():
+            raise InputError(path, "labels contain non-integer values (NaN or infinite); "
+                                   "give instance ids (0 = background)")
+        if (block != np.round(block)).any():
+            raise InputError(path, "labels contain non-integer values (such as 0.5); give "
+                                   "instance ids (0 = background)")
+    if block.size and block.min() < 0:
+        raise InputError(path, "labels contain negative values; give instance ids "
+                               "(0 = background)")
+    return block if dtype is None else block.astype(dtype, copy=False)
+
+
+def checked_labels(image: LazyImage):
+    """The labels of ``image`` as an unsigned integer Dask array, each chunk checked
+    with :func:`check_label_block` when it is read."""
+    import dask.array as da
+
+    data = da.asarray(image.data)
+    dtype = label_dtype(data.dtype)
+    return data.map_blocks(check_label_block, path=image.path, dtype=dtype, meta=np.empty((0,) * data.ndim, dtype))
 
 
 # --- reading ------------------------------------------------------------------
@@ -1004,3 +1066,39 @@ def open_multiscale(path: Path) -> Multiscale:
 def pyramid_data(levels: list):
     """napari's data argument: the pyramid, or its only level."""
     return (list(levels), True) if len(levels) > 1 else (levels[0], False)
+
+
+def store_kind(path: str | os.PathLike) -> str | None:
+    """The stage that wrote a store, from its attributes (a folder of
+    :data:`unetpipe.core.layout.STORES`), or None.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A Zarr group.
+
+    Returns
+    -------
+    str or None
+        ``"preprocessed"``, ``"probabilities"``, ``"labels"``, ``"targets"``,
+        or None when the store does not look like unetpipe's.
+    """
+    path = Path(os.fspath(path))
+    attrs = group_attributes(path)
+    if attrs is None:
+        return None
+    ours = attrs.get("unetpipe")
+    if not isinstance(ours, Mapping):
+        return None
+    if is_zarr_array(path / "targets") and is_zarr_array(path / "weights"):
+        return "targets"
+    if not ngff_metadata(attrs).get("multiscales"):
+        return None
+    stage = ours.get("stage")
+    if stage == "predict":
+        return "probabilities"
+    if stage == "segment":
+        return "labels"
+    if "percentiles" in ours:
+        return "preprocessed"
+    return None

@@ -27,6 +27,7 @@ weights_only=True)``, which refuses any pickled object. It describes itself:
 from __future__ import annotations
 
 import os
+import warnings
 
 from ..core.errors import InputError
 
@@ -104,12 +105,17 @@ def read_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
     if not os.path.isfile(path):
         raise InputError(path, "checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: not for users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch names the offending object in its "Unsupported global" line
+        # torch names the offending object in its "Unsupported global" line; anything
+        # else (random bytes, a text file) is not a checkpoint at all
         lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
-        detail = lines[0].split(" was not", 1)[0].replace("WeightsUnpickler error: ", "") \
-            if lines else type(e).__name__
+        if not lines:
+            raise InputError(path, "not a readable PyTorch checkpoint (the file is not in "
+                                   "torch.save's format)") from e
+        detail = lines[0].split(" was not", 1)[0].replace("WeightsUnpickler error: ", "")
         raise InputError(path, "refusing to load: the checkpoint holds objects other than "
                                f"tensors and plain values ({detail})") from e
     except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
@@ -120,6 +126,11 @@ def read_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
     if int(ckpt.get("version", 0)) > VERSION:
         raise InputError(path, f"checkpoint layout version {ckpt.get('version')} is newer than "
                                f"this unetpipe understands ({VERSION}); upgrade unetpipe")
+    model = ckpt.get("model")
+    if not (isinstance(model, dict) and isinstance(model.get("config"), dict)
+            and isinstance(model.get("state_dict"), dict)):
+        raise InputError(path, "not a usable unetpipe checkpoint: its 'model' entry (class, "
+                               "config, state_dict) is missing or incomplete")
     return ckpt
 
 

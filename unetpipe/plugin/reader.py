@@ -32,7 +32,7 @@ so that other readers (napari-ome-zarr, the builtins) get them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from ..io.images import (
     open_dask_array,
     open_multiscale,
     pyramid_data,
+    store_kind,
 )
 
 STAGES = tuple(STORES)
@@ -68,41 +69,6 @@ class _Sample:
 
 
 # --- recognising stores -----------------------------------------------------------
-
-
-def store_kind(path: str | os.PathLike) -> str | None:
-    """The stage that wrote a store, from its attributes: one of :data:`STAGES`, or None.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A Zarr group.
-
-    Returns
-    -------
-    str or None
-        ``"preprocessed"``, ``"probabilities"``, ``"labels"``, ``"targets"``,
-        or None when the store does not look like unetpipe's.
-    """
-    path = Path(os.fspath(path))
-    attrs = group_attributes(path)
-    if attrs is None:
-        return None
-    ours = attrs.get("unetpipe")
-    if not isinstance(ours, Mapping):
-        return None
-    if is_zarr_array(path / "targets") and is_zarr_array(path / "weights"):
-        return "targets"
-    if not ngff_metadata(attrs).get("multiscales"):
-        return None
-    stage = ours.get("stage")
-    if stage == "predict":
-        return "probabilities"
-    if stage == "segment":
-        return "labels"
-    if "percentiles" in ours:
-        return "preprocessed"
-    return None
 
 
 def _fits(path: Path, stage: str) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ConfigError, InputError
-from ..io.images import atomic_output, read_labels
+from ..io.images import atomic_output, checked_labels, read_labels
 from .metrics import (
     DEFAULT_THRESHOLDS,
     Scores,
@@ -76,7 +76,8 @@ def evaluate_store(labels_path: str | os.PathLike, truth_path: str | os.PathLike
     if pred.unit and truth.unit and not np.allclose(pred.spacing, truth.spacing):
         log.warning("%s: pixel size %s differs from the ground truth's %s (%s); scoring the "
                     "pixels as they are", pred.path, pred.spacing, truth.spacing, truth.path)
-    overlaps = overlap_counts(truth.data, pred.data, threads=threads, progress=progress)
+    overlaps = overlap_counts(checked_labels(truth), checked_labels(pred), threads=threads,
+                              progress=progress)
     return score_overlaps(*overlaps, thresholds=thresholds)
 
 

@@ -36,6 +36,7 @@ from ..core.errors import ConfigError, InputError
 from ..core.memory import release_free_memory
 from ..core.progress import bar
 from ..io import resume
+from ..io.outputs import check_free_space
 from ..nn.tiles import _clip, forward_windows, read_window, tiling
 
 log = logging.getLogger("unetpipe")
@@ -360,6 +361,9 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
         concurrent = workers * ((run.processes or 2) if run.local_cluster else 1)
         torch_threads = max(1, run.cores // concurrent)
     skip = _skip_level(image_path, img, window) if skip_empty is not None else None
+    check_free_space(out, int(cfg["out_channels"]) * math.prod(spatial) * np.dtype(dtype).itemsize,
+                     what=f"the probabilities of {image_path} ({cfg['out_channels']} x "
+                          f"{'x'.join(map(str, spatial))} {dtype})")
     with run.client(threads_per_process=workers) as client:
         if client is None:
             dev = select_device(device, key="predict.device")

@@ -22,12 +22,15 @@ from ..core.errors import InputError
 from ..io.images import (
     LazyImage,
     atomic_output,
+    check_label_block,
     default_chunks,
+    label_dtype,
     read_image,
     read_labels,
     write_label_image,
     write_multiscale,
 )
+from ..io.outputs import check_free_space
 
 log = logging.getLogger(__name__)
 
@@ -124,24 +127,8 @@ def _check_finite(block, path):
     return block
 
 
-def _check_labels(block, path, dtype):
-    if np.issubdtype(block.dtype, np.floating):
-        if not np.isfinite(block).all() or (block != np.round(block)).any():
-            raise InputError(path, "labels contain non-integer values")
-    if block.size and block.min() < 0:
-        raise InputError(path, "labels contain negative values")
-    return block.astype(dtype, copy=False)
-
-
 def _normalised_chunk(block, path, low, high, clip):
     return percentile_normalize(_check_finite(block, path), low, high, clip=clip)
-
-
-def _label_dtype(dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.floating) or dtype.itemsize > 4 or dtype.kind == "i":
-        return np.dtype(np.uint32) if dtype.itemsize <= 4 else np.dtype(np.uint64)
-    return dtype
 
 
 def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
@@ -230,6 +217,11 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
         raise InputError(path, f"preprocess.chunks {list(chunks)} has {len(chunks)} values but "
                                f"the image has {len(spatial_shape)} spatial axes")
 
+    # float32 image (with its pyramid) and the labels, if any
+    check_free_space(out, data.shape[0] * math.prod(spatial_shape) * 4 * 4 / 3
+                     + (math.prod(spatial_shape) * 4 if labels is not None else 0),
+                     what=f"the preprocessed {path} ({data.shape[0]} x "
+                          f"{'x'.join(map(str, spatial_shape))} float32)")
     sample = subsample_blocks(data, sample_size=sample_size).astype(np.float64)
     if not np.isfinite(sample).all():
         raise InputError(path, "the image contains NaN or Inf values")
@@ -266,11 +258,11 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
                          dtype=np.float32, progress="preprocess" if progress else None)
         if labels is not None:
             attrs["labels_source"] = os.path.abspath(labels.path)
-            label_dtype = _label_dtype(labels.data.dtype)
-            check = functools.partial(_check_labels, path=labels.path, dtype=label_dtype)
+            label_dtype_ = label_dtype(labels.data.dtype)
+            check = functools.partial(check_label_block, path=labels.path, dtype=label_dtype_)
             write_label_image(root, "gt", labels.data, spacing=spacing_t, unit=unit,
                               chunks=chunks, levels=pyramid_levels, transform=check,
-                              dtype=label_dtype)
+                              dtype=label_dtype_)
             # Checked on the written, compressed copy: cheaper than reading
             # the source a second time.
             n_max = int(da.from_zarr(root["labels/gt/0"]).max().compute())

@@ -59,6 +59,7 @@ from ..core.cluster import Execution
 from ..core.errors import ConfigError, InputError
 from ..core.memory import release_free_memory
 from ..io import resume
+from ..io.outputs import check_free_space
 from .instances import (
     SegmentParams,
     _hole_pixels,
@@ -74,6 +75,8 @@ log = logging.getLogger("unetpipe")
 
 DEFAULT_BLOCK = {2: (1024, 1024), 3: (64, 192, 192)}
 WORK_DIR = "_work"
+# float16 probabilities may round a hair past 0 and 1
+PROBABILITY_SLACK = 1e-3
 UINT32_MAX = np.iinfo(np.uint32).max
 
 
@@ -178,6 +181,12 @@ def _segment_blocks(job: _Job, indices) -> int:
         # background and cell channels only; the background is needed only
         # as the foreground mask, so the window is held as one float plane
         probs = _read_probabilities(job, window, slice(0, 2))
+        if not (np.isfinite(probs).all() and probs.min() >= -PROBABILITY_SLACK
+                and probs.max() <= 1.0 + PROBABILITY_SLACK):
+            raise InputError(job.probabilities, "holds values that are not probabilities "
+                                                f"(NaN, infinite, or outside [0, 1]) in the "
+                                                f"block at {[s.start for s in core]}; expected "
+                                                "class probabilities written by unetpipe predict")
         foreground = probs[0] <= 1.0 - job.params.foreground
         cell = probs[1].copy()
         del probs
@@ -407,6 +416,9 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
         raise InputError(src, f"has no class axis (axes {img.axes}); expected class "
                               "probabilities written by unetpipe predict")
     n_classes = img.data.shape[0]
+    if np.dtype(img.data.dtype).kind != "f":
+        raise InputError(src, f"holds {img.data.dtype} values; expected class probabilities "
+                              "(floats in [0, 1]) written by unetpipe predict")
     try:
         mode_of(n_classes)
     except ValueError as e:
@@ -432,6 +444,10 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     grid = tuple(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
     threads = run.cores
     run.check("segment")
+    # the labels (uint32) and the work arrays of the passes (block pieces, uint32)
+    check_free_space(out, 2 * 4 * math.prod(shape), compression=20.0,
+                     what=f"the labels of {src} ({'x'.join(map(str, shape))}, with the work "
+                          "arrays)")
     partial = resume.partial_path(out)
     job = _Job(probabilities=os.path.abspath(src), output=os.path.abspath(partial),
                shape=tuple(shape), block=block, halo=halo, grid=grid, spacing=spacing,

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..io.images import LazyImage, atomic_output, read_image, read_labels, store
+from ..io.outputs import check_free_space
 from .weights import MODES, border_term, influence_radius, targets_for_mode, weights_from_counts
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,9 @@ def write_targets(store_path: str | os.PathLike, out: str | os.PathLike, *,
     targets, weights, counts, class_w = lazy_targets(
         labels, mode=mode, w0=w0, sigma=sigma, class_balance=class_balance, threads=threads)
     axes = list(labels.axes)
+    # uint8 targets and float32 weights
+    check_free_space(out, 5 * math.prod(labels.spatial_shape),
+                     what=f"the targets of {store_path} ({'x'.join(map(str, labels.spatial_shape))})")
     with atomic_output(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         t_arr = root.create_array("targets", shape=targets.shape, chunks=chunks, dtype=np.uint8,
