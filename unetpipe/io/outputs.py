@@ -87,12 +87,16 @@ def _is_package(path: Path) -> bool:
         and "unetpipe" in rdf["config"]
 
 
-MODEL_FILES = ("checkpoint_best.pt", "checkpoint_last.pt", "history.csv", "training_curves.png")
-
-
 def _is_model_folder(path: Path) -> bool:
-    return path.is_dir() and all(p.name in MODEL_FILES or p.name.startswith(".")
-                                 for p in path.iterdir())
+    """A folder training writes into: it replaces only its own files there, so
+    those that exist must be unetpipe's (a checkpoint, the history, the curves)."""
+    if not path.is_dir():
+        return False
+    ours = {"checkpoint_best.pt": zipfile.is_zipfile, "checkpoint_last.pt": zipfile.is_zipfile,
+            "history.csv": lambda f: _first_line(f).split(",")[0] == "iteration",
+            "training_curves.png": _has_marker}
+    return all(check(path / name) for name, check in ours.items() if (path / name).is_file()) \
+        and not any((path / name).is_dir() for name in ours)
 
 
 def _is_demo_folder(path: Path) -> bool:

@@ -23,6 +23,9 @@ import numpy as np
 
 from ..io.images import atomic_output
 
+# names unetpipe as the maker, so a rerun recognises its own figure (io.outputs)
+PNG_METADATA = {"Software": "unetpipe"}
+
 PRED_COLOUR = (1.0, 0.0, 1.0)
 """Outlines of the predicted objects: magenta."""
 TRUTH_COLOUR = (0.0, 1.0, 0.0)
@@ -313,7 +316,8 @@ def html_page(title: str, body: str) -> str:
     -------
     str
     """
-    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+            f'<meta name="generator" content="unetpipe"><title>{html.escape(title)}'
             f"</title><style>{_CSS}</style></head>\n<body><h2>{html.escape(title)}</h2>\n"
             f"{body}\n</body></html>\n")
 
@@ -416,7 +420,7 @@ def _save(fig, path: str | os.PathLike, *, dpi: int = 100) -> Path:
     plt = _pyplot()
     try:
         with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi)
+            fig.savefig(tmp, format="png", dpi=dpi, metadata=PNG_METADATA)
     finally:
         plt.close(fig)
     return Path(os.fspath(path))

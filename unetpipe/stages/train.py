@@ -228,7 +228,7 @@ def plot_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
     ax.set_title("unetpipe training")
     fig.tight_layout()
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata={"Software": "unetpipe"})
     plt.close(fig)
 
 
