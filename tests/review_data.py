@@ -84,3 +84,24 @@ def chunk_files(store_path):
                 out[p.relative_to(store_path).as_posix()] = (p.read_bytes(), st.st_ino,
                                                              st.st_mtime_ns)
     return out
+
+
+def tree(root):
+    """Everything below ``root``, links not followed: relative path -> ("file", sha256,
+    mtime_ns), ("link", target) or ("dir",); to tell that nothing was written, moved
+    or removed."""
+    import hashlib
+
+    root, out = Path(root), {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir",)
+            else:
+                out[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest(),
+                            p.stat().st_mtime_ns)
+    return out

@@ -1,6 +1,10 @@
 """Review and correction of labels without Qt: edits, the queue, journaled saves, export."""
 
+import hashlib
 import json
+import logging
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +18,7 @@ import pytest
 import yaml
 import zarr
 from numpy.testing import assert_array_equal
-from review_data import chunk_files, labels_2d, labels_3d, make_results
+from review_data import chunk_files, labels_2d, labels_3d, make_results, tree
 from tiny_workflow import TINY, job_table, snakemake
 
 from unetpipe.core import boxes, layout
@@ -425,6 +429,333 @@ def test_the_journal_is_never_recreated_replaced_or_skipped(tmp_path, monkeypatc
     with pytest.raises(rv.JournalError, match="missing"):
         rv.LabelStore.open(paths.results, "cells")
     assert chunk_files(paths.labels)["0/c/1/1"] == before["0/c/1/1"]
+
+
+# --- journals, versions and review records are input ---------------------------------------
+
+VICTIM = b"a file outside the results folder\n"
+EVIL = b"planted by a crafted journal\n"
+CHUNK = "labels/cells.ome.zarr/0/c/0/0"
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def plant_victim(tmp_path):
+    """A file beside the results folder that no journal or version may touch."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(VICTIM)
+    os.utime(victim, ns=(1_000_000_000, 1_000_000_000))
+    return victim
+
+
+def split_tree(tmp_path, paths, journal_name):
+    """tree(tmp_path) without the lock file: (the rest, the journal folder's own tree)."""
+    j = paths.journal.parent.relative_to(tmp_path).as_posix() + "/" + journal_name
+    lock = paths.lock.relative_to(tmp_path).as_posix()
+    rest, inner = {}, {}
+    for k, v in tree(tmp_path).items():
+        if k == j or k.startswith(j + "/"):
+            inner[k[len(j):]] = v
+        elif k != lock:
+            rest[k] = v
+    return rest, inner
+
+
+def craft_journal(paths, entries, *, staged=(), raw=None, **fields):
+    """The journal an interrupted save leaves, with the given entries and staged files
+    ({path below new/: bytes}), or with ``raw`` as its journal.json."""
+    journal = paths.journal
+    (journal / "new").mkdir(parents=True)
+    (journal / "old").mkdir()
+    for rel, content in dict(staged).items():
+        p = journal / "new" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content)
+    manifest = {"version": "20250101T000000000000Z", "time": "2025-01-01T00:00:00.000000Z",
+                "identity": rv._identity(paths), "entries": entries, **fields}
+    (journal / rv.JOURNAL_FILE).write_text(json.dumps(manifest) if raw is None else raw)
+
+
+def _chunk_entry():  # a well-formed first entry: were the journal applied, the store changes
+    return {"path": CHUNK, "new": True, "old": True, "sha256": sha(EVIL)}
+
+
+def _dotdot_write(tmp_path, paths):
+    craft_journal(paths, [_chunk_entry(),
+                          {"path": "../victim.txt", "new": True, "old": True, "sha256": sha(EVIL)},
+                          {"path": "../planted.txt", "new": True, "old": False}],
+                  staged={CHUNK: EVIL, "../victim.txt": EVIL, "../planted.txt": EVIL})
+
+
+def _dotdot_delete(tmp_path, paths):
+    craft_journal(paths, [_chunk_entry(), {"path": "../victim.txt", "new": False, "old": True}],
+                  staged={CHUNK: EVIL})
+
+
+def _absolute(tmp_path, paths):
+    craft_journal(paths, [_chunk_entry(),
+                          {"path": str(tmp_path / "victim.txt"), "new": False, "old": True}],
+                  staged={CHUNK: EVIL})
+
+
+def _link_in_store(tmp_path, paths):
+    (paths.labels / "0" / "c" / "out").symlink_to(tmp_path, target_is_directory=True)
+    craft_journal(paths, [_chunk_entry(),
+                          {"path": CHUNK.replace("0/0", "out/victim.txt"), "new": False,
+                           "old": True},
+                          {"path": CHUNK.replace("0/0", "out/planted.txt"), "new": True,
+                           "old": False}],
+                  staged={CHUNK: EVIL, CHUNK.replace("0/0", "out/planted.txt"): EVIL})
+
+
+def _linked_staged_file(tmp_path, paths):
+    # os.replace would move the victim itself into the store
+    craft_journal(paths, [{"path": CHUNK, "new": True, "old": True}])
+    (paths.journal / "new" / CHUNK).parent.mkdir(parents=True)
+    (paths.journal / "new" / CHUNK).symlink_to(tmp_path / "victim.txt")
+
+
+def _linked_journal(tmp_path, paths):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "old").mkdir()
+    (elsewhere / rv.JOURNAL_FILE).write_text(json.dumps(
+        {"version": "v", "time": "t", "identity": rv._identity(paths),
+         "entries": [{"path": CHUNK, "new": False, "old": True}]}))
+    paths.journal.symlink_to(elsewhere, target_is_directory=True)
+
+
+def _version_name(tmp_path, paths):
+    craft_journal(paths, [_chunk_entry()], staged={CHUNK: EVIL}, version="../../../victim.txt")
+
+
+def _schema_type(tmp_path, paths):
+    craft_journal(paths, [{"path": CHUNK, "new": "yes", "old": True}], staged={CHUNK: EVIL})
+
+
+def _schema_extra(tmp_path, paths):
+    craft_journal(paths, [_chunk_entry()], staged={CHUNK: EVIL}, then="rm -rf ~")
+
+
+def _schema_sha(tmp_path, paths):
+    craft_journal(paths, [{**_chunk_entry(), "sha256": "../" * 21 + "a"}], staged={CHUNK: EVIL})
+
+
+def _unparseable(tmp_path, paths):
+    craft_journal(paths, [], staged={CHUNK: EVIL}, raw='{"version": "v", "entries": [')
+
+
+CRAFTED = {  # how the journal is crafted, what the one warning names
+    "dotdot-write": (_dotdot_write, r"path '\.\./victim\.txt' is not a plain relative path"),
+    "dotdot-delete": (_dotdot_delete, r"path '\.\./victim\.txt' is not a plain relative path"),
+    "absolute": (_absolute, r"victim\.txt' is not a plain relative path"),
+    "link-in-store": (_link_in_store, r"out/victim\.txt' leads outside the label store"),
+    "linked-staged-file": (_linked_staged_file, r"staged file .* leads outside new"),
+    "linked-journal": (_linked_journal, r"the journal folder .* is a link"),
+    "version-name": (_version_name, r"version name '\.\./\.\./\.\./victim\.txt' is not a plain"),
+    "schema-type": (_schema_type, r"does not match the journal schema at \$\.entries\[0\]\.new"),
+    "schema-extra": (_schema_extra, r"does not match the journal schema.*'then' was unexpected"),
+    "schema-sha256": (_schema_sha, r"does not match the journal schema at "
+                                   r"\$\.entries\[0\]\.sha256"),
+    "unparseable": (_unparseable, r"journal\.json cannot be read"),
+}
+
+
+@pytest.mark.parametrize("opener", ["recover", "open"])
+@pytest.mark.parametrize("crafted", list(CRAFTED))
+def test_a_crafted_journal_is_set_aside_never_applied(tmp_path, caplog, crafted, opener):
+    lab = labels_2d()
+    paths = make_results(tmp_path, lab)
+    victim = plant_victim(tmp_path)
+    craft, reason = CRAFTED[crafted]
+    craft(tmp_path, paths)
+    before, journal = split_tree(tmp_path, paths, paths.journal.name)
+    assert journal  # the crafted journal
+
+    caplog.set_level(logging.WARNING)
+    if opener == "recover":
+        assert rv.recover(paths) == "set aside"
+        store = rv.LabelStore.open(paths.results, "cells")  # as the widget does
+        assert store.recovered is None
+    else:
+        store = rv.LabelStore.open(paths.results, "cells")
+        assert store.recovered == "set aside"
+
+    # nothing outside or inside the results folder was written, moved or removed ...
+    assert victim.read_bytes() == VICTIM and victim.stat().st_mtime_ns == 1_000_000_000
+    (aside,) = paths.journal.parent.glob(f"{paths.journal.name}.bad-*")
+    after, moved = split_tree(tmp_path, paths, aside.name)
+    assert after == before
+    # ... but the journal, moved aside as it was, for a person to look at
+    assert not os.path.lexists(paths.journal)
+    if crafted == "linked-journal":
+        assert aside.is_symlink() and (tmp_path / "elsewhere" / rv.JOURNAL_FILE).exists()
+    else:
+        assert moved == journal
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    message = warnings[0].getMessage()
+    assert str(paths.labels) in message and "NOT applied" in message and aside.name in message
+    assert re.search(reason, message), message
+    # the store opens and saves normally
+    assert_array_equal(store.read(), lab)
+    rv.save_region(store, edits.delete_objects(lab, [1]))
+    assert_array_equal(read_labels(paths.labels).data.compute(), edits.delete_objects(lab, [1]))
+    assert victim.read_bytes() == VICTIM and not (tmp_path / "planted.txt").exists()
+
+
+def test_a_store_behind_linked_folders_still_rolls_forward(tmp_path, monkeypatch, caplog):
+    """Links in the folders above the store (results/labels on another disk) are fine."""
+    lab = labels_2d()
+    paths = make_results(tmp_path / "real", lab)
+    (tmp_path / "results").symlink_to(paths.results, target_is_directory=True)
+    shutil.move(paths.results / "labels", tmp_path / "labels-disk")
+    (paths.results / "labels").symlink_to(tmp_path / "labels-disk", target_is_directory=True)
+    paths = layout.sample_paths(tmp_path / "results", "cells")
+    store = rv.LabelStore.open(paths.results, "cells")
+    edited = edits.delete_objects(store.read(), [1, 3])
+    real, calls = rv._apply_one, []
+
+    def crash_after_first(src, dest):
+        if calls:
+            raise KeyboardInterrupt("napari closed")
+        calls.append(dest)
+        real(src, dest)
+
+    monkeypatch.setattr(rv, "_apply_one", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        rv.save_region(store, edited, actions=[{"action": "delete", "ids": [1, 3]}])
+    monkeypatch.setattr(rv, "_apply_one", real)
+    caplog.set_level(logging.WARNING)
+    assert rv.recover(paths) == "rolled forward"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{paths.labels}: an interrupted save was completed"]
+    assert_array_equal(read_labels(paths.labels).data.compute(), edited)
+    (version,) = rv.restorable_versions(paths)
+    rv.restore_version(rv.LabelStore.open(paths.results, "cells"), version)
+    assert_array_equal(read_labels(paths.labels).data.compute(), lab)
+
+
+def test_a_save_never_writes_through_a_link_out_of_the_store(tmp_path):
+    lab = labels_2d()
+    paths = make_results(tmp_path, lab)
+    outside = tmp_path / "outside"
+    shutil.copytree(paths.labels / "0" / "c" / "1", outside)  # chunk row 1, moved out
+    shutil.rmtree(paths.labels / "0" / "c" / "1")
+    (paths.labels / "0" / "c" / "1").symlink_to(outside, target_is_directory=True)
+    store = rv.LabelStore.open(paths.results, "cells")
+    before = tree(tmp_path)
+    with pytest.raises(InputError, match=r"cannot save: path 'labels/cells\.ome\.zarr/0/c/1/1'"
+                                         " leads outside the label store"):
+        rv.save_region(store, edits.merge_objects(lab, [2, 3]))  # chunk (1, 1)
+    assert tree(outside) == {k[len("outside/"):]: v for k, v in before.items()
+                             if k.startswith("outside/")}
+    assert rv.recover(paths) == "rolled back"  # the staged save is dropped
+    assert tree(tmp_path) == before
+    # a level path leading out of the store is refused on opening
+    meta = json.loads((paths.labels / "zarr.json").read_text())
+    meta["attributes"]["ome"]["multiscales"][0]["datasets"][0]["path"] = "../../../outside"
+    (paths.labels / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"multiscales dataset path '\.\./\.\./\.\./outside' is not"):
+        rv.LabelStore.open(paths.results, "cells")
+
+
+def _version_dotdot(tmp_path, paths, folder, info):
+    info["files"].append({"path": "../victim.txt", "existed": False})  # would delete it
+
+
+def _version_dotdot_copy(tmp_path, paths, folder, info):
+    (paths.versions / "victim.txt").write_bytes(EVIL)  # would overwrite it
+    info["files"].append({"path": "../victim.txt", "existed": True})
+
+
+def _version_absolute(tmp_path, paths, folder, info):
+    info["files"].append({"path": str(tmp_path / "victim.txt"), "existed": False})
+
+
+def _version_linked_copy(tmp_path, paths, folder, info):
+    copy = folder / CHUNK
+    copy.unlink()
+    copy.symlink_to(tmp_path / "victim.txt")  # would be copied into the store
+
+
+def _version_schema(tmp_path, paths, folder, info):
+    info["files"][0]["existed"] = "yes"
+
+
+CRAFTED_VERSIONS = {
+    "dotdot": (_version_dotdot, r"path '\.\./victim\.txt' is not a plain relative path"),
+    "dotdot-copy": (_version_dotdot_copy, r"path '\.\./victim\.txt' is not a plain"),
+    "absolute": (_version_absolute, r"victim\.txt' is not a plain relative path"),
+    "linked-copy": (_version_linked_copy, r"saved copy '.*0/c/0/0' leads outside"),
+    "schema": (_version_schema, r"does not match the version schema at \$\.files\[0\]"),
+}
+
+
+@pytest.mark.parametrize("crafted", list(CRAFTED_VERSIONS))
+def test_a_crafted_version_is_never_restored(tmp_path, caplog, crafted):
+    lab = labels_2d()
+    paths = make_results(tmp_path, lab)
+    victim = plant_victim(tmp_path)
+    store = rv.LabelStore.open(paths.results, "cells")
+    version = rv.save_region(store, edits.delete_objects(lab, [1]),
+                             actions=[{"action": "delete", "ids": [1]}]).version
+    assert rv.restorable_versions(paths) == [version]
+    folder = paths.versions / version
+    info = json.loads((folder / "version.json").read_text())
+    craft, reason = CRAFTED_VERSIONS[crafted]
+    craft(tmp_path, paths, folder, info)
+    (folder / "version.json").write_text(json.dumps(info))
+    before = tree(tmp_path)
+    with pytest.raises(InputError, match=reason) as raised:
+        rv.restore_version(store, version)
+    assert raised.value.path == str(folder / "version.json")
+    assert "cannot be restored" in str(raised.value)
+    assert tree(tmp_path) == before  # nothing written, moved or removed, victim included
+    assert victim.read_bytes() == VICTIM and victim.stat().st_mtime_ns == 1_000_000_000
+    caplog.set_level(logging.WARNING)
+    assert rv.restorable_versions(paths) == [] and rv.list_versions(paths) == []  # skipped
+    assert any("not a valid version" in r.getMessage() and re.search(reason, r.getMessage())
+               for r in caplog.records)
+    assert_array_equal(read_labels(paths.labels).data.compute(), edits.delete_objects(lab, [1]))
+    # a version name that is not one folder name is refused before anything is read
+    for name in ("../" + version, f"{version}/../{version}", str(folder), ""):
+        with pytest.raises(InputError, match=r"cannot restore: version name .* is not a plain"):
+            rv.restore_version(store, name)
+    assert tree(tmp_path) == before
+
+
+def test_a_bad_review_record_is_set_aside_and_a_new_one_started(tmp_path, caplog):
+    lab = labels_2d()
+    paths = make_results(tmp_path, lab)
+    caplog.set_level(logging.WARNING)
+    paths.review.write_text("{not json")
+    assert rv.read_review(paths)["entries"] == []  # treated as missing (it used to raise)
+    assert "treated as missing" in caplog.records[-1].getMessage()
+    store = rv.LabelStore.open(paths.results, "cells")
+    assert store.set_aside is None and not paths.review.exists()
+    (aside,) = paths.labels.parent.glob("cells.review.*.bad.json")
+    assert aside.read_text() == "{not json"  # kept for a person to look at
+    assert "moved aside" in caplog.records[-1].getMessage()
+    rv.record_decisions(paths, [2], "accept")
+    assert rv.decisions(rv.read_review(paths)) == {2: "accept"}
+    # the wrong shape, then a link (to a file outside): the same
+    for bad in ('{"entries": "rm -rf ~"}', '{"entries": [{"action": "accept", "ids": ["x"]}]}',
+                None):
+        paths.review.unlink()
+        if bad is None:
+            (tmp_path / "outside.json").write_text('{"entries": []}')
+            paths.review.symlink_to(tmp_path / "outside.json")
+        else:
+            paths.review.write_text(bad)
+        assert rv.read_review(paths)["entries"] == []
+        rv.save_region(store, store.read())  # nothing changed: nothing written
+        rv.record_decisions(paths, [3], "reject")
+        assert rv.decisions(rv.read_review(paths)) == {3: "reject"}
+    assert len(list(paths.labels.parent.glob("cells.review.*.bad.json"))) == 4
+    assert (tmp_path / "outside.json").read_text() == '{"entries": []}'
 
 
 # --- a new segmentation starts a new review ---------------------------------------------------

@@ -29,6 +29,15 @@ be repeated; a staged file that is neither in the journal nor in place is an
 error, never skipped). Either way the store holds the old or the new version
 of every file, never a mix.
 
+The journal, the versions' ``version.json`` and ``review.json`` are read back
+as input (a results folder may come from anyone): each must have the shape
+this module writes, and every path in them must, links resolved, stay inside
+the label store, be its ``review.json`` or the sample's table (staged files:
+inside the journal's ``new/``; version names: one plain folder name). A
+journal that fails is renamed ``.{labels}.journal.bad-{time}`` and nothing of
+it is applied; a version that fails cannot be restored; a ``review.json``
+that fails is renamed ``{sample}.review.{time}.bad.json`` and a new one begun.
+
 One save at a time: saving, restoring, recording decisions and settling an
 interrupted save hold the store's lock (:func:`store_lock`: a lock per store
 in the process and ``fcntl.flock`` on ``labels/.{sample}.lock`` across
@@ -53,6 +62,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import threading
 import time as _time
 import uuid
@@ -152,9 +162,14 @@ class LabelStore:
             recovered = _recover_journal(paths)
             set_aside = _set_aside_stale(paths)
             identity = _identity(paths)
-        img = read_labels(paths.labels)
         root = zarr.open_group(str(paths.labels), mode="r")
         ms = dict(root.attrs["ome"])["multiscales"][0]
+        for d in ms["datasets"]:  # input: arrays are read and saved below these paths
+            try:
+                _inside(paths.labels, str(d["path"]), "multiscales dataset path")
+            except _Untrusted as e:
+                raise InputError(os.fspath(paths.labels), str(e)) from None
+        img = read_labels(paths.labels)
         scales = []
         for d in ms["datasets"]:
             scale = next((t["scale"] for t in d.get("coordinateTransformations", [])
@@ -356,9 +371,12 @@ _SAVE_KEYS = ("max_id", "edited", "table_stale", "last_version")
 def _level0_meta(paths: SamplePaths) -> Path:
     """The metadata file of level 0's array (never rewritten by a save)."""
     path = "0"
-    with contextlib.suppress(OSError, ValueError, KeyError, IndexError, TypeError):
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError, TypeError,
+                             _Untrusted):  # a path leading out of the store: not read
         meta = json.loads((paths.labels / "zarr.json").read_text())
-        path = str(meta["attributes"]["ome"]["multiscales"][0]["datasets"][0]["path"])
+        found = str(meta["attributes"]["ome"]["multiscales"][0]["datasets"][0]["path"])
+        _inside(paths.labels, found, "multiscales dataset path")
+        path = found
     return paths.labels / path / "zarr.json"
 
 
@@ -396,6 +414,187 @@ def _same_store(paths: SamplePaths, recorded) -> bool:
         return recorded == _identity(paths)
     except OSError:
         return False
+
+
+# --- untrusted records: journal.json, version.json, review.json -----------------------
+#
+# A results folder may come from elsewhere (copied, downloaded, shared), so the
+# records read back from it are input, not our own state: every path taken from
+# them must be a plain relative path that, symbolic links resolved, stays where
+# saves write (the label store, its review record, the sample's table) or where
+# they stage (the journal's ``new/``), and each record must have the shape the
+# code below writes. A journal that fails is moved aside and never applied; a
+# version that fails cannot be restored; a review record that fails is set
+# aside and a new one started.
+
+
+class _Untrusted(Exception):
+    """A record read back from the results folder cannot be trusted (message: why)."""
+
+
+_STR = {"type": "string"}
+_IDENTITY = {"anyOf": [_STR, {"type": "null"},  # legacy journals: [inode, mtime_ns]
+                       {"type": "array", "items": {"type": "integer"}}]}
+_SCHEMAS = {
+    "journal": {  # what _Journal.commit writes
+        "type": "object", "required": ["version", "time", "entries"],
+        "additionalProperties": False,
+        "properties": {
+            "version": _STR, "time": _STR, "identity": _IDENTITY, "restored": _STR,
+            "entries": {"type": "array", "items": {
+                "type": "object", "required": ["path", "new", "old"],
+                "additionalProperties": False,
+                "properties": {"path": _STR, "new": {"type": "boolean"},
+                               "old": {"type": "boolean"},
+                               "sha256": {"type": "string", "minLength": 64, "maxLength": 64,
+                                          "pattern": "^[0-9a-f]*$"}}}}}},
+    "version": {  # what _apply writes
+        "type": "object", "required": ["version", "time", "files"],
+        "additionalProperties": False,
+        "properties": {
+            "version": _STR, "time": _STR, "identity": _IDENTITY, "restored": _STR,
+            "files": {"type": "array", "items": {
+                "type": "object", "required": ["path", "existed"],
+                "additionalProperties": False,
+                "properties": {"path": _STR, "existed": {"type": "boolean"}}}}}},
+    "review": {  # what read_review, record_decisions and saves write (other keys kept)
+        "type": "object", "required": ["entries"],
+        "properties": {
+            "sample": _STR, "labels": _STR, "identity": _IDENTITY,
+            "entries": {"type": "array", "items": {
+                "type": "object", "required": ["action"],
+                "properties": {"action": _STR,
+                               "ids": {"type": "array", "items": {"type": "integer"}}}}}}},
+}
+
+
+def _check_schema(data, kind: str, name: str) -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    error = best_match(Draft202012Validator(_SCHEMAS[kind]).iter_errors(data))
+    if error is not None:
+        message = error.message if len(error.message) <= 120 else error.message[:117] + "..."
+        raise _Untrusted(f"{name} does not match the {kind} schema at {error.json_path}: "
+                         f"{message}")
+
+
+def _read_record(path: Path):
+    """The JSON in ``path``, a regular file (never a link, a device or a folder)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise _Untrusted(f"{path.name} is not a regular file")
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise _Untrusted(f"{path.name} cannot be read ({e})") from None
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _unlinked(path: Path) -> Path:
+    """``path`` with its folders' links resolved, but not its own name."""
+    return _real(path.parent) / path.name
+
+
+def _plain(value: str, what: str, *, single: bool = False) -> str:
+    """``value`` if it is a relative POSIX path with no ``..``, ``.`` or empty part
+    (``single``: one part, a file or folder name), else :class:`_Untrusted`."""
+    if not isinstance(value, str):
+        raise _Untrusted(f"{what} {value!r} is not a string")
+    parts = value.split("/")
+    if (not value or "\x00" in value or "\\" in value or value.startswith("/")
+            or any(p in ("", ".", "..") for p in parts) or (single and len(parts) > 1)):
+        raise _Untrusted(f"{what} {value!r} is not a plain relative "
+                         f"{'name' if single else 'path'}")
+    return value
+
+
+def _target(paths: SamplePaths, rel: str) -> Path:
+    """The file ``rel`` (relative to the results folder) of a journal or version: a
+    file inside the label store, its review record or the sample's table, links
+    resolved; anything else is :class:`_Untrusted`."""
+    _plain(rel, "path")
+    target = paths.results / rel
+    real = _real(target)
+    labels = _real(paths.labels)
+    if rel.startswith(_rel(paths, paths.labels) + "/"):
+        if real != labels and real.is_relative_to(labels):
+            return target
+    elif rel in (_rel(paths, paths.review), _rel(paths, paths.table)):
+        if real == _unlinked(target):
+            return target
+    raise _Untrusted(f"path {rel!r} leads outside the label store, its review record and "
+                     f"its table (to {real})")
+
+
+def _inside(folder: Path, rel: str, what: str) -> Path:
+    """``folder / rel``, a plain path that stays inside ``folder`` with links resolved."""
+    path = folder / _plain(rel, what)
+    real, root = _real(path), _real(folder)
+    if real == root or not real.is_relative_to(root):
+        raise _Untrusted(f"{what} {rel!r} leads outside {folder.name} (to {real})")
+    return path
+
+
+def _own_folder(path: Path, what: str) -> None:
+    """Refuse ``path`` when it is there but is a link (its parent folders may be) or
+    no folder."""
+    if os.path.lexists(path):
+        if _real(path) != _unlinked(path):
+            raise _Untrusted(f"{what} {path.name} is a link to {_real(path)}")
+        if not path.is_dir():
+            raise _Untrusted(f"{what} {path.name} is not a folder")
+
+
+def _version_folder(paths: SamplePaths, version: str) -> Path:
+    _plain(version, "version name", single=True)
+    _own_folder(paths.versions, "the versions folder")
+    folder = paths.versions / version
+    _own_folder(folder, "the version folder")
+    return folder
+
+
+def _check_manifest(paths: SamplePaths, manifest) -> None:
+    """Raise :class:`_Untrusted` unless ``manifest`` is a journal a save could have written."""
+    _check_schema(manifest, "journal", JOURNAL_FILE)
+    _version_folder(paths, manifest["version"])
+    if "restored" in manifest:
+        _plain(manifest["restored"], "restored version", single=True)
+    for sub in ("new", "old"):
+        _own_folder(paths.journal / sub, "the journal's folder")
+    for entry in manifest["entries"]:
+        _target(paths, entry["path"])
+        if entry["new"]:
+            _inside(paths.journal / "new", entry["path"], "staged file")
+
+
+def _load_version(paths: SamplePaths, version: str) -> dict:
+    """The record ``version.json`` of ``version``, checked (else :class:`_Untrusted`):
+    its files lie in the label store (or are its review record or table) and the
+    copies to restore are regular files inside the version's folder."""
+    folder = _version_folder(paths, version)
+    info = _read_record(folder / "version.json")
+    _check_schema(info, "version", "version.json")
+    if "restored" in info:
+        _plain(info["restored"], "restored version", single=True)
+    review = _rel(paths, paths.review)
+    for f in info["files"]:
+        _target(paths, f["path"])
+        if f["existed"] and f["path"] != review:  # the review record is never put back
+            if not _inside(folder, f["path"], "saved copy").is_file():
+                raise _Untrusted(f"saved copy {f['path']!r} is missing or not a regular file")
+    return info
+
+
+def _load_review(paths: SamplePaths) -> dict | None:
+    """``{sample}.review.json``, checked (else :class:`_Untrusted`); None when missing."""
+    if not os.path.lexists(paths.review):
+        return None
+    review = _read_record(paths.review)
+    _check_schema(review, "review", paths.review.name)
+    return review
 
 
 def _apply_one(src: Path | None, dest: Path) -> None:
@@ -442,17 +641,33 @@ def _apply(paths: SamplePaths, manifest: dict) -> None:
     _fsync(journal.parent)
 
 
+def _set_aside_journal(paths: SamplePaths, reason: str) -> str:
+    """Move a journal that cannot be trusted aside, unapplied, for a person to look at."""
+    aside = paths.journal.with_name(f"{paths.journal.name}.bad-{_stamp()}")
+    os.rename(paths.journal, aside)
+    _fsync(aside.parent)
+    log.warning("%s: the journal of an interrupted save cannot be trusted (%s); it was NOT "
+                "applied and was moved aside to %s", paths.labels, reason, aside.name)
+    return "set aside"
+
+
 def _recover_journal(paths: SamplePaths) -> str | None:
     journal = paths.journal
-    if not journal.exists():
+    if not os.path.lexists(journal):
         return None
     manifest_path = journal / JOURNAL_FILE
-    if not manifest_path.exists():
+    try:  # journal.json and the paths in it are input: checked before anything is done
+        _own_folder(journal, "the journal folder")
+        manifest = _read_record(manifest_path) if os.path.lexists(manifest_path) else None
+        if manifest is not None:
+            _check_manifest(paths, manifest)
+    except _Untrusted as e:
+        return _set_aside_journal(paths, str(e))
+    if manifest is None:
         shutil.rmtree(journal)
         _fsync(journal.parent)
         log.warning("%s: an interrupted save was rolled back", paths.labels)
         return "rolled back"
-    manifest = json.loads(manifest_path.read_text())
     if not _same_store(paths, manifest.get("identity")):
         shutil.rmtree(journal)
         _fsync(journal.parent)
@@ -483,23 +698,21 @@ def _set_aside_stale(paths: SamplePaths) -> Path | None:
     """
     if not paths.labels.is_dir():
         return None
+    _set_aside_bad_review(paths)
     try:
         current = _identity(paths)
     except OSError:
         return None
     stale = False
     if paths.review.exists():
-        try:
-            recorded = json.loads(paths.review.read_text()).get("identity")
-        except (OSError, ValueError, AttributeError):
-            return None  # unreadable: left for a person to look at
+        recorded = (_load_review(paths) or {}).get("identity")  # checked just above
         if recorded is None:  # written by an earlier unetpipe: compare times
             stale = paths.review.stat().st_mtime_ns < _level0_meta(paths).stat().st_mtime_ns
         else:
             stale = recorded != current
     elif paths.versions.is_dir():
-        for v in list_versions(paths):
-            recorded = _version_info(paths, v).get("identity")
+        for _, info in _versions(paths):
+            recorded = info.get("identity")
             if recorded is not None and recorded != current:
                 stale = True
                 break
@@ -520,6 +733,19 @@ def _set_aside_stale(paths: SamplePaths) -> Path | None:
     return moved
 
 
+def _set_aside_bad_review(paths: SamplePaths) -> None:
+    """Move a review record that cannot be read aside (kept for a person to look at),
+    so that the next save starts a new one instead of failing or overwriting it."""
+    try:
+        _load_review(paths)
+    except _Untrusted as e:
+        moved = paths.review.with_name(f"{paths.sample}.review.{_stamp()}.bad.json")
+        os.rename(paths.review, moved)
+        _fsync(moved.parent)
+        log.warning("%s: the review record cannot be used (%s); it was moved aside to %s and "
+                    "a new one is started", paths.labels, e, moved.name)
+
+
 def recover(paths: SamplePaths) -> str | None:
     """Settle an interrupted save of ``paths``' label store.
 
@@ -534,7 +760,11 @@ def recover(paths: SamplePaths) -> str | None:
         ``"rolled back"`` (the save had not started changing the store: its
         journal is dropped), ``"rolled forward"`` (its remaining files were
         put in place), ``"discarded"`` (the store was rewritten since, e.g.
-        by the workflow: the journal is dropped), or None (nothing to do).
+        by the workflow: the journal is dropped), ``"set aside"`` (the
+        journal cannot be trusted: unreadable, not shaped as a save writes
+        it, or naming paths outside the store; it is renamed to
+        ``.{labels}.journal.bad-{time}`` and nothing of it is applied), or
+        None (nothing to do).
     """
     with store_lock(paths):
         outcome = _recover_journal(paths)
@@ -588,13 +818,22 @@ class _Journal:
         _fsync(self.root.parent)
         self.entries: list[dict] = []
 
+    def _rel(self, target: Path) -> str:
+        """``target`` relative to the results folder, if saves may write it."""
+        rel = _rel(self.paths, target)
+        try:  # e.g. a level path in the store's metadata, or a link, leading out of it
+            _target(self.paths, rel)
+        except _Untrusted as e:
+            raise InputError(os.fspath(self.paths.labels), f"cannot save: {e}") from None
+        return rel
+
     def stage_path(self, target: Path) -> Path:
         """Where the new content of ``target`` is staged."""
-        return self.root / "new" / _rel(self.paths, target)
+        return self.root / "new" / self._rel(target)
 
     def add(self, target: Path) -> None:
         """Record ``target``: its staged file (if any) replaces it; back up its content."""
-        rel = _rel(self.paths, target)
+        rel = self._rel(target)
         existed = target.exists()
         if existed:
             backup = self.root / "old" / rel
@@ -617,6 +856,10 @@ class _Journal:
         _fsync(self.root.parent)
         manifest = {"version": version, "time": time, "identity": _identity(self.paths),
                     "entries": self.entries, **extra}
+        try:  # what recover will accept
+            _check_manifest(self.paths, manifest)
+        except _Untrusted as e:
+            raise JournalError(f"{self.root}: {e}; nothing in the store was changed") from None
         _write_json(self.root / JOURNAL_FILE, manifest)
         _fsync(self.root.parent)
         _apply(self.paths, manifest)
@@ -753,6 +996,7 @@ def save_region(store: LabelStore, data, box: Sequence[slice] | None = None, *,
     data = data.astype(store.dtype, copy=False)
     with store_lock(paths):
         _recover_journal(paths)
+        _set_aside_bad_review(paths)
         _check_identity(store)
         return _save_region(store, data, box, actions=actions, update_table=update_table,
                             known_ids=known_ids)
@@ -873,16 +1117,22 @@ def _describe_actions(actions, old, new, ids, renamed) -> list[dict]:
 def read_review(paths: SamplePaths) -> dict:
     """The review record ``{sample}.review.json`` of the current store.
 
-    An empty record when there is none, or when the one there belongs to an
-    earlier segmentation (its ``identity`` differs from the store's; it is
-    moved aside the next time the store is opened or saved).
+    An empty record when there is none, when the one there cannot be read or
+    is not shaped as a review record (with a warning), or when it belongs to
+    an earlier segmentation (its ``identity`` differs from the store's).
+    Either is moved aside the next time the store is opened or saved.
     """
     try:
         identity = _identity(paths)
     except OSError:
         identity = None
-    if paths.review.exists():
-        review = json.loads(paths.review.read_text())
+    try:
+        review = _load_review(paths)
+    except _Untrusted as e:
+        log.warning("%s: the review record cannot be used (%s); treated as missing",
+                    paths.review, e)
+        review = None
+    if review is not None:
         recorded = review.get("identity")
         if recorded is None or identity is None or recorded == identity:
             return review
@@ -919,18 +1169,24 @@ def decisions(review: Mapping) -> dict[int, str]:
 
 
 def list_versions(paths: SamplePaths) -> list[str]:
-    """Saved versions, oldest first."""
+    """Saved versions, oldest first (a version whose ``version.json`` cannot be
+    trusted is left out, with a warning: it cannot be restored)."""
+    return [v for v, _ in _versions(paths)]
+
+
+def _versions(paths: SamplePaths) -> list[tuple[str, dict]]:
+    """(name, checked ``version.json``) of the saved versions, oldest first."""
     if not paths.versions.is_dir():
         return []
-    return sorted(p.name for p in paths.versions.iterdir() if (p / "version.json").exists())
-
-
-def _version_info(paths: SamplePaths, version: str) -> dict:
-    try:
-        info = json.loads((paths.versions / version / "version.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
+    out = []
+    for p in sorted(paths.versions.iterdir()):
+        if not os.path.lexists(p / "version.json"):
+            continue
+        try:
+            out.append((p.name, _load_version(paths, p.name)))
+        except _Untrusted as e:
+            log.warning("%s: not a valid version (%s); it cannot be restored", p, e)
+    return out
 
 
 def restorable_versions(paths: SamplePaths) -> list[str]:
@@ -948,10 +1204,11 @@ def restorable_versions(paths: SamplePaths) -> list[str]:
 
 
 def _undo_stack(paths: SamplePaths) -> tuple[list[str], list[str]]:
-    versions = list_versions(paths)
+    found = _versions(paths)
+    versions = [v for v, _ in found]
     stack: list[str] = []
-    for v in versions:
-        restored = _version_info(paths, v).get("restored")
+    for v, info in found:
+        restored = info.get("restored")
         if restored is not None and stack and stack[-1] == restored:
             stack.pop()
         else:
@@ -987,15 +1244,22 @@ def restore_version(store: LabelStore, version: str) -> SaveResult:
 
 def _restore_version(store: LabelStore, version: str) -> SaveResult:
     paths = store.paths
-    folder = paths.versions / version
-    if not (folder / "version.json").exists():
+    try:
+        folder = _version_folder(paths, version)
+    except _Untrusted as e:
+        raise InputError(os.fspath(paths.versions), f"cannot restore: {e}") from None
+    if not os.path.lexists(folder / "version.json"):
         aside = sorted(paths.versions.parent.glob(f"{paths.sample}.versions.*.stale/{version}"))
         if aside:
             raise InputError(os.fspath(folder), "is a version of an earlier segmentation of "
                              f"this sample (moved aside to {aside[-1].parent.name}); it cannot "
                              "be restored into this one")
         raise InputError(os.fspath(folder), "is not a saved version")
-    info = json.loads((folder / "version.json").read_text())
+    try:  # input: its paths lead into the store, its copies lie in the version
+        info = _load_version(paths, version)
+    except _Untrusted as e:
+        raise InputError(os.fspath(folder / "version.json"), f"cannot be trusted ({e}); this "
+                         "version cannot be restored") from None
     if info.get("identity") is not None and info["identity"] != _identity(paths):
         raise InputError(os.fspath(folder), "is a version of an earlier segmentation of this "
                                             "sample; it cannot be restored into this one")
