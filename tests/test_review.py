@@ -237,11 +237,8 @@ def test_3d_save_updates_the_pyramid_chunks(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(paths.table), fresh, check_dtype=False, rtol=1e-9)
 
 
-def test_a_crash_mid_apply_is_rolled_forward_on_open(tmp_path, monkeypatch):
-    lab = labels_2d()
-    paths = make_results(tmp_path, lab)
-    store = rv.LabelStore.open(paths.results, "cells")
-    edited = edits.delete_objects(store.read(), [1, 3])  # chunks (0, 0) and (1, 1)
+def _save_killed_after_the_first_file(store, edited, monkeypatch):
+    """Save ``edited`` (objects 1 and 3 deleted), killed once one file is in place."""
     real, calls = rv._apply_one, []
 
     def crash_after_first(src, dest):
@@ -254,6 +251,14 @@ def test_a_crash_mid_apply_is_rolled_forward_on_open(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         rv.save_region(store, edited, actions=[{"action": "delete", "ids": [1, 3]}])
     monkeypatch.setattr(rv, "_apply_one", real)
+
+
+def test_a_crash_mid_apply_is_rolled_forward_on_open(tmp_path, monkeypatch):
+    lab = labels_2d()
+    paths = make_results(tmp_path, lab)
+    store = rv.LabelStore.open(paths.results, "cells")
+    edited = edits.delete_objects(store.read(), [1, 3])  # chunks (0, 0) and (1, 1)
+    _save_killed_after_the_first_file(store, edited, monkeypatch)
     # the store is half old, half new until it is opened again
     half = np.asarray(zarr.open_array(str(paths.labels / "0"))[:])
     assert not np.array_equal(half, lab) and not np.array_equal(half, edited)
@@ -616,18 +621,7 @@ def test_a_store_behind_linked_folders_still_rolls_forward(tmp_path, monkeypatch
     paths = layout.sample_paths(tmp_path / "results", "cells")
     store = rv.LabelStore.open(paths.results, "cells")
     edited = edits.delete_objects(store.read(), [1, 3])
-    real, calls = rv._apply_one, []
-
-    def crash_after_first(src, dest):
-        if calls:
-            raise KeyboardInterrupt("napari closed")
-        calls.append(dest)
-        real(src, dest)
-
-    monkeypatch.setattr(rv, "_apply_one", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        rv.save_region(store, edited, actions=[{"action": "delete", "ids": [1, 3]}])
-    monkeypatch.setattr(rv, "_apply_one", real)
+    _save_killed_after_the_first_file(store, edited, monkeypatch)
     caplog.set_level(logging.WARNING)
     assert rv.recover(paths) == "rolled forward"
     assert [r.getMessage() for r in caplog.records] == [

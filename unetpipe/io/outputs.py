@@ -131,6 +131,35 @@ def _inside(path: Path, other: Path) -> bool:
     return path == other or other in path.parents
 
 
+def check_inputs(out: str | os.PathLike,
+                 inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """Raise InputError when ``out`` cannot be an output at all: it has no name
+    (``/``), it is, is inside or holds one of ``inputs``, or it holds the working
+    directory. Changes nothing on disk.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``, resolved.
+    """
+    target = Path(os.path.realpath(os.fspath(out) or "."))
+    if not target.name:
+        raise InputError(out, "is not a file or folder that can be written")
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(os.path.realpath(os.fspath(given)))
+        if _inside(target, source) or _inside(source, target):
+            where = "is" if target == source else ("is inside" if _inside(target, source)
+                                                   else "holds")
+            raise InputError(out, f"{where} the input {os.fspath(given)}: an output may not "
+                                  "replace what the command reads; choose another output")
+    if _inside(Path(os.path.realpath(os.getcwd())), target):
+        raise InputError(out, "holds the working directory: an output may not replace the "
+                              "folder you are in; choose another output")
+    return target
+
+
 def check_output(out: str | os.PathLike, *, kind: str,
                  inputs: Sequence[str | os.PathLike | None] = (),
                  overwrite: bool = False) -> Path:
@@ -143,7 +172,8 @@ def check_output(out: str | os.PathLike, *, kind: str,
     kind : str
         A key of :data:`KINDS`.
     inputs : sequence of paths
-        What the command reads (None entries are skipped).
+        What the command reads (None entries are skipped); see
+        :func:`check_inputs`.
     overwrite : bool
         Replace an existing output that is not recognisably ``kind``.
 
@@ -153,16 +183,7 @@ def check_output(out: str | os.PathLike, *, kind: str,
         ``out``, resolved.
     """
     name, recognise = KINDS[kind]
-    target = Path(os.path.realpath(os.fspath(out)))
-    for given in inputs:
-        if given is None:
-            continue
-        source = Path(os.path.realpath(os.fspath(given)))
-        if _inside(target, source) or _inside(source, target):
-            where = "is" if target == source else ("is inside" if _inside(target, source)
-                                                   else "holds")
-            raise InputError(out, f"{where} the input {os.fspath(given)}: an output may not "
-                                  "replace what the command reads; choose another output")
+    target = check_inputs(out, inputs)
     if not os.path.lexists(target):
         return target
     if target.is_dir() and not any(target.iterdir()):
@@ -185,7 +206,9 @@ def check_output(out: str | os.PathLike, *, kind: str,
 
 def lock_path(out: str | os.PathLike) -> Path:
     """The lock file of an output: ``.{name}.lock`` beside it."""
-    out = Path(os.fspath(out))
+    out = Path(os.fspath(out) or ".")
+    if not out.name:  # ".", "..": name the folder itself
+        out = Path(os.path.abspath(out))
     return out.with_name(f".{out.name}.lock")
 
 
@@ -253,6 +276,7 @@ def claim_output(out: str | os.PathLike, *, kind: str,
         The output may not be written, another process is writing it, or the
         disk filled up (named with the output and the free space left).
     """
+    check_inputs(out, inputs)  # before the lock makes any folder
     with output_lock(out):
         target = check_output(out, kind=kind, inputs=inputs, overwrite=overwrite)
         fresh = partial is not None and not os.path.lexists(partial)

@@ -118,7 +118,11 @@ def read_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
         detail = lines[0].split(" was not", 1)[0].replace("WeightsUnpickler error: ", "")
         raise InputError(path, "refusing to load: the checkpoint holds objects other than "
                                f"tensors and plain values ({detail})") from e
-    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        # torch's legacy unpickler, lost in bytes that are no pickle (a text file, say)
+        raise InputError(path, "not a readable PyTorch checkpoint (the file is not in "
+                               "torch.save's format)") from e
+    except (RuntimeError, EOFError) as e:  # a damaged file: torch says what is wrong
         raise InputError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(path, "not a unetpipe checkpoint (no 'format' entry "

@@ -119,6 +119,7 @@ class _Job:
     spacing: tuple[float, ...]
     params: SegmentParams
     n_classes: int
+    given: str = ""  # the probabilities' path as the user gave it, for messages
 
     @property
     def window_max(self) -> tuple[int, ...]:
@@ -183,7 +184,8 @@ def _segment_blocks(job: _Job, indices) -> int:
         probs = _read_probabilities(job, window, slice(0, 2))
         if not (np.isfinite(probs).all() and probs.min() >= -PROBABILITY_SLACK
                 and probs.max() <= 1.0 + PROBABILITY_SLACK):
-            raise InputError(job.probabilities, "holds values that are not probabilities "
+            raise InputError(job.given or job.probabilities, "holds values that are not "
+                                                              "probabilities "
                                                 f"(NaN, infinite, or outside [0, 1]) in the "
                                                 f"block at {[s.start for s in core]}; expected "
                                                 "class probabilities written by unetpipe predict")
@@ -449,7 +451,7 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                      what=f"the labels of {src} ({'x'.join(map(str, shape))}, with the work "
                           "arrays)")
     partial = resume.partial_path(out)
-    job = _Job(probabilities=os.path.abspath(src), output=os.path.abspath(partial),
+    job = _Job(probabilities=os.path.abspath(src), given=src, output=os.path.abspath(partial),
                shape=tuple(shape), block=block, halo=halo, grid=grid, spacing=spacing,
                params=params, n_classes=n_classes)
     fingerprint = {"input": job.probabilities, "input_signature": resume.input_signature(src),

@@ -440,7 +440,6 @@ def _set_up(train_stores, val_stores, out_dir, *, config: dict) -> _Run:
 
     tcfg, mcfg, acfg = config["train"], config["model"], config["augment"]
     out_dir = Path(os.fspath(out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
     if not train_stores:
         raise ConfigError("no training images: set data.train.images and data.train.labels")
     train_stores, val_stores = _hold_out(train_stores, val_stores, tcfg)
@@ -450,6 +449,7 @@ def _set_up(train_stores, val_stores, out_dir, *, config: dict) -> _Run:
     model_config, patch = _model_config(first, mcfg, tcfg)
 
     device = select_device(tcfg["device"])
+    out_dir.mkdir(parents=True, exist_ok=True)  # once the data and settings are known good
     cuda = device.type == "cuda"
     amp = bool(tcfg["bf16"]) and cuda
     if tcfg["deterministic"]:
@@ -562,7 +562,7 @@ def _model_config(first: TrainingSample, mcfg: dict, tcfg: dict) -> tuple[dict, 
     ConfigError
         ``train.patch`` has the wrong number of axes.
     """
-    from ..nn.model import anisotropic_pooling, valid_input_shape
+    from ..nn.model import anisotropic_pooling, pooling_factor, valid_input_shape
 
     ndim = len(first.shape)
     n_classes = 2 if first.mode == "two_class" else 3
@@ -581,6 +581,15 @@ def _model_config(first: TrainingSample, mcfg: dict, tcfg: dict) -> tuple[dict, 
     if patch != asked:
         log.info("train: patch %s rounded up to %s, which the network accepts", list(asked),
                  list(patch))
+    if mcfg["norm"] == "batch" and mcfg["padding"] == "same":
+        # batch statistics of one value per channel cannot be taken
+        factor = pooling_factor(ndim=ndim, depth=mcfg["depth"], pooling=pooling)
+        bottom = math.prod(p // f for p, f in zip(patch, factor, strict=True))
+        if bottom * int(tcfg["batch_size"]) <= 1:
+            raise ConfigError(f"config key 'train.batch_size': {tcfg['batch_size']} patch(es) of "
+                              f"{list(patch)} leave one value per channel at the network's "
+                              "lowest level, too few for batch normalisation; give a larger "
+                              "train.patch or train.batch_size (or model.norm: none)")
     return model_config, patch
 
 
