@@ -199,9 +199,10 @@ def check_output(out: str | os.PathLike, *, kind: str,
                     "unetpipe", out, name)
         return target
     what = "a folder" if target.is_dir() else "a file"
-    raise InputError(out, f"exists and is {what} that is not a {name} written by unetpipe; "
-                          "refusing to replace it: choose another output, remove it, or give "
-                          "--overwrite")
+    article = "an" if name[0] in "aeiou" else "a"
+    raise InputError(out, f"exists and is {what} that is not {article} {name} written by "
+                          "unetpipe; refusing to replace it: choose another output, remove it, "
+                          "or give --overwrite")
 
 
 def lock_path(out: str | os.PathLike) -> Path:
@@ -333,6 +334,6 @@ def check_free_space(out: str | os.PathLike, raw_bytes: float, *, what: str,
     free = shutil.disk_usage(_existing_parent(Path(os.path.abspath(os.fspath(out))))).free
     need = raw_bytes / compression
     if need > free:
-        raise InputError(out, f"writing {what} needs at least {_size(need)} on disk ({_size(raw_bytes)} "
-                              f"uncompressed, compressed at best {compression:g}:1), but only "
-                              f"{_size(free)} is free there")
+        raise InputError(out, f"writing {what} needs at least {_size(need)} on disk "
+                              f"({_size(raw_bytes)} uncompressed, compressed at best "
+                              f"{compression:g}:1), but only {_size(free)} is free there")

@@ -155,7 +155,8 @@ def write_targets(store_path: str | os.PathLike, out: str | os.PathLike, *,
     axes = list(labels.axes)
     # uint8 targets and float32 weights
     check_free_space(out, 5 * math.prod(labels.spatial_shape),
-                     what=f"the targets of {store_path} ({'x'.join(map(str, labels.spatial_shape))})")
+                     what=f"the targets of {store_path} "
+                          f"({'x'.join(map(str, labels.spatial_shape))})")
     with atomic_output(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         t_arr = root.create_array("targets", shape=targets.shape, chunks=chunks, dtype=np.uint8,
