@@ -498,7 +498,7 @@ def _unlinked(path: Path) -> Path:
     return _real(path.parent) / path.name
 
 
-def _plain(value: str, what: str, *, single: bool = False) -> str:
+def _plain_path(value: str, what: str, *, single: bool = False) -> str:
     """``value`` if it is a relative POSIX path with no ``..``, ``.`` or empty part
     (``single``: one part, a file or folder name), else :class:`_Untrusted`."""
     if not isinstance(value, str):
@@ -515,7 +515,7 @@ def _target(paths: SamplePaths, rel: str) -> Path:
     """The file ``rel`` (relative to the results folder) of a journal or version: a
     file inside the label store, its review record or the sample's table, links
     resolved; anything else is :class:`_Untrusted`."""
-    _plain(rel, "path")
+    _plain_path(rel, "path")
     target = paths.results / rel
     real = _real(target)
     labels = _real(paths.labels)
@@ -531,7 +531,7 @@ def _target(paths: SamplePaths, rel: str) -> Path:
 
 def _inside(folder: Path, rel: str, what: str) -> Path:
     """``folder / rel``, a plain path that stays inside ``folder`` with links resolved."""
-    path = folder / _plain(rel, what)
+    path = folder / _plain_path(rel, what)
     real, root = _real(path), _real(folder)
     if real == root or not real.is_relative_to(root):
         raise _Untrusted(f"{what} {rel!r} leads outside {folder.name} (to {real})")
@@ -549,7 +549,7 @@ def _own_folder(path: Path, what: str) -> None:
 
 
 def _version_folder(paths: SamplePaths, version: str) -> Path:
-    _plain(version, "version name", single=True)
+    _plain_path(version, "version name", single=True)
     _own_folder(paths.versions, "the versions folder")
     folder = paths.versions / version
     _own_folder(folder, "the version folder")
@@ -561,7 +561,7 @@ def _check_manifest(paths: SamplePaths, manifest) -> None:
     _check_schema(manifest, "journal", JOURNAL_FILE)
     _version_folder(paths, manifest["version"])
     if "restored" in manifest:
-        _plain(manifest["restored"], "restored version", single=True)
+        _plain_path(manifest["restored"], "restored version", single=True)
     for sub in ("new", "old"):
         _own_folder(paths.journal / sub, "the journal's folder")
     for entry in manifest["entries"]:
@@ -578,7 +578,7 @@ def _load_version(paths: SamplePaths, version: str) -> dict:
     info = _read_record(folder / "version.json")
     _check_schema(info, "version", "version.json")
     if "restored" in info:
-        _plain(info["restored"], "restored version", single=True)
+        _plain_path(info["restored"], "restored version", single=True)
     review = _rel(paths, paths.review)
     for f in info["files"]:
         _target(paths, f["path"])
