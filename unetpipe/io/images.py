@@ -143,7 +143,8 @@ def checked_labels(image: LazyImage):
 
     data = da.asarray(image.data)
     dtype = label_dtype(data.dtype)
-    return data.map_blocks(check_label_block, path=image.path, dtype=dtype, meta=np.empty((0,) * data.ndim, dtype))
+    return data.map_blocks(check_label_block, path=image.path, dtype=dtype,
+                           meta=np.empty((0,) * data.ndim, dtype))
 
 
 # --- reading ------------------------------------------------------------------
