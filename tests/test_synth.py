@@ -1,11 +1,17 @@
 """Tests of the synthetic nuclei generator (unetpipe.inputs.synth)."""
 
+import hashlib
+import inspect
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from unetpipe.inputs.demo import demo_image
 from unetpipe.inputs.synth import (
+    DOMAINS,
+    domain_options,
     random_nuclei_labels,
     render_nuclei,
     synthetic_nuclei,
@@ -299,3 +305,257 @@ def test_bad_arguments_raise():
         synthetic_nuclei((32, 32), seed=-1)
     with pytest.raises(ValueError, match="labels"):
         render_nuclei(np.zeros(5, dtype=np.uint16))
+
+
+# --- irregular outlines -----------------------------------------------------
+
+# sha256 of random_nuclei_labels(shape, spacing=spacing, rng=seed) recorded
+# before the irregularity option existed: the plain ellipses must not move.
+PLAIN_DIGESTS = {
+    ((96, 128), None, 7): "620eaf251fe0426369a5f9f758ac085c6f2fee291d40568852867403e1e75b23",
+    ((16, 64, 64), ANISO, 1): "6c999cd6e3c5588612b987a62eee97e72c5d8593532da28e5604cdb0959b9bc0",
+}
+
+
+def moment_ellipse_iou(mask):
+    """IoU of a mask with the ellipse (ellipsoid) of the same first and second moments.
+
+    A uniform ellipse with semi-axes a_k has covariance diag(a_k^2 / 4) in
+    its own frame, so the ellipse is {x : (x - mean)^T C^-1 (x - mean) <= 4}.
+    """
+    coords = np.argwhere(mask).astype(float)
+    mean = coords.mean(axis=0)
+    inverse = np.linalg.inv(np.cov(coords, rowvar=False, bias=True))
+    grid = np.indices([n + 8 for n in mask.shape]).reshape(mask.ndim, -1).T - 4.0
+    delta = grid - mean
+    inside = np.einsum("ni,ij,nj->n", delta, inverse, delta) <= 4.0
+    padded = np.pad(mask, 4).ravel()
+    return np.sum(inside & padded) / np.sum(inside | padded)
+
+
+def isolated_objects(labels):
+    """Masks of the objects that touch neither another object nor the border."""
+    touching = {i for pair in touching_pairs(labels) for i in pair}
+    masks = []
+    for idx, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None or idx in touching:
+            continue
+        if all(0 < s.start and s.stop < n for s, n in zip(box, labels.shape, strict=True)):
+            masks.append(labels[box] == idx)
+    return masks
+
+
+@pytest.mark.parametrize(("shape", "spacing", "seed"), list(PLAIN_DIGESTS))
+def test_irregularity_zero_is_bit_identical_to_plain_ellipses(shape, spacing, seed):
+    labels = random_nuclei_labels(shape, spacing=spacing, rng=seed, irregularity=0.0)
+    assert hashlib.sha256(labels.tobytes()).hexdigest() == PLAIN_DIGESTS[shape, spacing, seed]
+    image, labels = synthetic_nuclei(shape, spacing=spacing, seed=seed)
+    image0, labels0 = synthetic_nuclei(shape, spacing=spacing, seed=seed, irregularity=0)
+    np.testing.assert_array_equal(labels0, labels)
+    np.testing.assert_array_equal(image0, image)
+
+
+def test_irregularity_bends_outlines_but_keeps_the_size():
+    plain = random_nuclei_labels((384, 384), radius=(12.0, 20.0), cluster_fraction=0.0, rng=3)
+    lobed = random_nuclei_labels((384, 384), radius=(12.0, 20.0), cluster_fraction=0.0, rng=3,
+                                 irregularity=0.5)
+    fit_plain = [moment_ellipse_iou(m) for m in isolated_objects(plain)]
+    fit_lobed = [moment_ellipse_iou(m) for m in isolated_objects(lobed)]
+    assert len(fit_plain) >= 15 and len(fit_lobed) >= 15
+    # ellipses are ellipses up to pixelation; lobed outlines are not
+    assert np.median(fit_plain) > 0.97
+    assert np.median(fit_lobed) < np.median(fit_plain) - 0.03
+    # `radius` stays the mean radius: the lobes do not inflate the objects
+    area_plain = np.median(np.bincount(plain.ravel())[1:])
+    area_lobed = np.median(np.bincount(lobed.ravel())[1:])
+    assert 0.8 < area_lobed / area_plain < 1.2
+    # smooth: a few broad lobes, not a ragged edge, so the outline (pixels
+    # with a background face neighbour) is hardly longer than an ellipse's
+    def outline_over_circle(labels):
+        ratios = [np.sum(m & ~ndi.binary_erosion(m)) / (2 * np.sqrt(np.pi * m.sum()))
+                  for m in isolated_objects(labels)]
+        return np.median(ratios)
+
+    assert outline_over_circle(lobed) < 1.1 * outline_over_circle(plain)
+
+
+@pytest.mark.parametrize(("shape", "spacing"), [((256, 256), None), ((24, 96, 96), ANISO)])
+def test_irregular_labels_are_valid_and_touch_only_in_clusters(shape, spacing):
+    labels = random_nuclei_labels(shape, spacing=spacing, irregularity=0.8, rng=2)
+    assert_valid_labels(labels)
+    plain = random_nuclei_labels(shape, spacing=spacing, rng=2)
+    # lobes only add to the ellipses by which mates are placed: clusters still touch
+    assert len(touching_pairs(labels)) >= 0.7 * len(touching_pairs(plain))
+    # and unrelated objects keep their gap around the lobes
+    for seed in range(3):
+        loners = random_nuclei_labels(shape, spacing=spacing, irregularity=1.0,
+                                      cluster_fraction=0.0, rng=seed)
+        assert loners.max() > 10
+        assert touching_pairs(loners) == set()
+
+
+def test_irregularity_is_deterministic_and_leaves_the_image_model_alone():
+    a = synthetic_nuclei((96, 96), seed=4, irregularity=0.4)
+    b = synthetic_nuclei((96, 96), seed=4, irregularity=0.4)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], synthetic_nuclei((96, 96), seed=4)[1])
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), "lots"])
+def test_bad_irregularity_raises(value):
+    with pytest.raises(ValueError, match="irregularity"):
+        random_nuclei_labels((32, 32), irregularity=value)
+
+
+# --- named domains ----------------------------------------------------------
+
+
+def small_shape(name):
+    return (12, 48, 48) if len(DOMAINS[name]["shape"]) == 3 else (96, 96)
+
+
+def domain_sample(name, seed=0, shape=None):
+    options = domain_options(name)
+    hint = options.pop("shape")
+    return synthetic_nuclei(shape or hint, seed=seed, **options)
+
+
+def contrast_and_noise(image, labels):
+    """Median object signal above the background, and the background's noise."""
+    image = image.astype(float)
+    far = ~ndi.binary_dilation(labels > 0, iterations=6)
+    inside = ndi.binary_erosion(labels > 0, iterations=2)
+    level = np.median(image[far])
+    return np.median(image[inside]) - level, image[far].std()
+
+
+def edge_softness(image, labels):
+    """Mean signal 1 px inside the objects over that 6 px inside (1 = no rim, low = soft)."""
+    image = image.astype(float)
+    level = np.median(image[~ndi.binary_dilation(labels > 0, iterations=6)])
+    depth = np.rint(ndi.distance_transform_edt(labels > 0))
+    return (image[depth == 1].mean() - level) / (image[depth == 6].mean() - level)
+
+
+def pooled(name, measure, seeds=(0, 1)):
+    return float(np.mean([measure(*domain_sample(name, seed)) for seed in seeds]))
+
+
+def median_area(image, labels):
+    return np.median(np.bincount(labels.ravel())[1:])
+
+
+def snr(image, labels):
+    signal, noise = contrast_and_noise(image, labels)
+    return signal / noise
+
+
+@pytest.mark.parametrize("name", list(DOMAINS))
+def test_every_domain_generates_deterministically(name):
+    shape = small_shape(name)
+    image, labels = domain_sample(name, seed=3, shape=shape)
+    assert image.shape == labels.shape == shape
+    assert image.dtype == np.uint16 and labels.dtype == np.uint16
+    assert_valid_labels(labels)
+    again = domain_sample(name, seed=3, shape=shape)
+    np.testing.assert_array_equal(again[0], image)
+    np.testing.assert_array_equal(again[1], labels)
+    other = domain_sample(name, seed=4, shape=shape)
+    assert not np.array_equal(other[1], labels)
+
+
+def test_domain_presets_are_well_formed_and_copied():
+    assert {"demo", "small-blurry", "large-irregular", "soft-dense", "coarse-z-3d"} <= set(DOMAINS)
+    for name, preset in DOMAINS.items():
+        assert len(preset["shape"]) in (2, 3), name
+        if "spacing" in preset:
+            assert len(preset["spacing"]) == len(preset["shape"]), name
+    options = domain_options("small-blurry")
+    options["radius"] = (1.0, 2.0)
+    options.pop("shape")
+    assert DOMAINS["small-blurry"]["radius"] == (3.0, 6.0)
+    assert "shape" in domain_options("small-blurry")
+
+
+def test_demo_domain_is_what_the_demo_generates():
+    options = domain_options("demo")
+    shape = options.pop("shape")
+    assert shape == tuple(inspect.signature(demo_image).parameters["train_shape"].default)
+    image, labels = synthetic_nuclei(shape, seed=11, **options)
+    plain_image, plain_labels = synthetic_nuclei(shape, seed=11)
+    np.testing.assert_array_equal(image, plain_image)
+    np.testing.assert_array_equal(labels, plain_labels)
+
+
+def test_unknown_domain_raises_naming_the_known_ones():
+    with pytest.raises(ValueError, match="small-blurry") as info:
+        domain_options("small_blurry")
+    assert "'small_blurry'" in str(info.value)
+    assert all(name in str(info.value) for name in DOMAINS)
+
+
+def test_small_blurry_has_small_nuclei_soft_edges_and_low_snr():
+    assert pooled("small-blurry", median_area) < 0.4 * pooled("demo", median_area)
+    assert pooled("small-blurry", snr) < 0.5 * pooled("demo", snr)
+
+    def edge_gradient(image, labels):
+        # steepness where objects meet the background, relative to their contrast
+        gradient = ndi.gaussian_gradient_magnitude(image.astype(float), 1.0)
+        edge = (labels > 0) & ndi.binary_dilation(labels == 0)
+        return gradient[edge].mean() / contrast_and_noise(image, labels)[0]
+
+    assert pooled("small-blurry", edge_gradient) < 0.85 * pooled("demo", edge_gradient)
+
+
+def test_large_irregular_has_large_lobed_nuclei_of_spread_brightness():
+    assert pooled("large-irregular", median_area) > 2.0 * pooled("demo", median_area)
+
+    def ellipse_fit(image, labels):
+        return np.median([moment_ellipse_iou(m) for m in isolated_objects(labels)])
+
+    assert pooled("large-irregular", ellipse_fit) < pooled("demo", ellipse_fit) - 0.02
+
+    def brightness_spread(image, labels):
+        # spread of the per-nucleus median intensity above the camera offset
+        values = ndi.median(image.astype(float) - 100.0, labels,
+                            index=np.arange(1, int(labels.max()) + 1))
+        return np.std(np.log(np.maximum(values, 1.0)))
+
+    assert pooled("large-irregular", brightness_spread) > 1.5 * pooled("demo", brightness_spread)
+
+
+def test_soft_dense_is_crowded_with_soft_edges_on_uneven_background():
+    def fill(image, labels):
+        return np.mean(labels > 0)
+
+    def pairs_per_object(image, labels):
+        return len(touching_pairs(labels)) / labels.max()
+
+    def background_unevenness(image, labels):
+        # large-scale spread of the background relative to the object contrast
+        far = ~ndi.binary_dilation(labels > 0, iterations=6)
+        smooth = ndi.gaussian_filter(image.astype(float), 8.0)
+        return smooth[far].std() / contrast_and_noise(image, labels)[0]
+
+    assert pooled("soft-dense", fill) > pooled("demo", fill) + 0.08
+    assert pooled("soft-dense", pairs_per_object) > 1.2 * pooled("demo", pairs_per_object)
+    assert pooled("soft-dense", edge_softness) < 0.85 * pooled("demo", edge_softness)
+    assert pooled("soft-dense", background_unevenness) > 1.5 * pooled(
+        "demo", background_unevenness)
+
+
+def test_coarse_z_domain_is_anisotropic_3d():
+    options = domain_options("coarse-z-3d")
+    assert len(options["shape"]) == 3
+    spacing = options["spacing"]
+    assert spacing[0] >= 3 * spacing[1] and spacing[1] == spacing[2]
+    image, labels = domain_sample("coarse-z-3d", seed=0)
+    assert_valid_labels(labels)
+    extents = np.array([[s.stop - s.start for s in box] for box in ndi.find_objects(labels)])
+    z, y, x = np.median(extents, axis=0)
+    assert z <= y / 3 and z <= x / 3  # a nucleus spans few planes
+    assert 0.6 < (z * spacing[0]) / (y * spacing[1]) < 1.6  # but is round in micrometres
+    assert len(touching_pairs(labels)) >= 15
+    signal, noise = contrast_and_noise(image, labels)
+    assert signal > 5 * noise
