@@ -73,7 +73,8 @@ def test_every_config_key_is_an_option_with_its_schema_help_or_named_as_workflow
             text = action.help.replace("%%", "%")
             assert text == f"{schema['description']} Config key {key}; default: {shown}.", name
             if "enum" in schema:
-                assert action.metavar == "{" + ",".join(map(str, schema["enum"])) + "}"
+                assert action.metavar == "{" + ",".join(
+                    "null" if v is None else str(v) for v in schema["enum"]) + "}"
         # every command's help renders, with its description
         with pytest.raises(SystemExit) as stop:
             parser.parse_args([name, "--help"])

@@ -293,9 +293,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping | None
 # --- command-line options from config keys ---------------------------------
 
 
-def option_name(key: str) -> str:
-    """The command-line option of a config key: ``demo.n_train`` -> ``--n-train``."""
-    return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+def option_name(key: str, *, qualified: bool = False) -> str:
+    """The command-line option of a config key: ``demo.n_train`` -> ``--n-train``;
+    qualified by its section, ``segment.threshold`` -> ``--segment-threshold``
+    (for a command that takes keys of two sections with the same name)."""
+    name = key.replace(".", "_") if qualified else key.rsplit(".", 1)[-1]
+    return "--" + name.replace("_", "-")
 
 
 def _types(sub: Mapping) -> list[str]:
@@ -337,13 +340,16 @@ def _metavar(sub: Mapping) -> str:
     return names.get(types[0], "VALUE") if len(types) == 1 else "VALUE"
 
 
-def add_config_options(parser: argparse.ArgumentParser, keys: Iterable[str]) -> None:
-    """Add one option per config key, with the schema's description as help."""
+def add_config_options(parser: argparse.ArgumentParser, keys: Iterable[str], *,
+                       qualified: Iterable[str] = ()) -> None:
+    """Add one option per config key, with the schema's description as help;
+    the ``qualified`` keys get their section in the option's name."""
     group = parser.add_argument_group("configuration (each option is a config key)")
     seen = {}
+    qualified = set(qualified)
     for key in keys:
         sub = key_schema(key)
-        opt = option_name(key)
+        opt = option_name(key, qualified=key in qualified)
         if opt in seen:
             raise ValueError(f"options for {seen[opt]!r} and {key!r} collide: {opt}")
         seen[opt] = key
@@ -396,10 +402,11 @@ def _format_value(value: Any, schema: Mapping) -> list[str]:
     return [str(value)]
 
 
-def cli_args(config: Mapping, keys: Iterable[str]) -> str:
+def cli_args(config: Mapping, keys: Iterable[str], *, qualified: Iterable[str] = ()) -> str:
     """Shell-quoted command-line options that pass these config values on."""
     tokens = []
+    qualified = set(qualified)
     for key in keys:
-        tokens.append(option_name(key))
+        tokens.append(option_name(key, qualified=key in qualified))
         tokens.extend(_format_value(get(config, key), key_schema(key)))
     return " ".join(shlex.quote(t) for t in tokens)

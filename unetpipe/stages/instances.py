@@ -16,8 +16,8 @@ cell boundary (``three_class``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -133,6 +133,70 @@ class SegmentParams:
         seeds depend on each pixel alone), or by the overlap of whole objects."""
         return "overlap" if self.method == "watershed" and self.seeds == "distance" \
             else "markers"
+
+
+TUNABLE = ("method", "threshold", "foreground", "grow", "seeds", "h", "min_size")
+"""The settings the tune stage chooses; the config leaves them at null to take its choice."""
+
+
+def resolve_params(section: Mapping, tuned: Mapping | None = None
+                   ) -> tuple[SegmentParams, dict[str, str]]:
+    """The settings to segment with, and where each came from.
+
+    A value the config section sets (not null) wins; a :data:`TUNABLE`
+    setting left at null takes the tuned value, else the built-in default
+    (:class:`SegmentParams`'s). Tuned values apply only to the method (and
+    seeds) they were tuned for: when the section sets another ``method`` or
+    ``seeds``, every null setting takes its built-in default.
+
+    Parameters
+    ----------
+    section : mapping
+        The config's ``segment`` section (or part of it).
+    tuned : mapping, optional
+        Tuned settings (the ``params`` the tune stage wrote).
+
+    Returns
+    -------
+    SegmentParams
+        Checked.
+    dict
+        ``{setting: "config" | "tuned" | "default"}`` for every setting.
+
+    Examples
+    --------
+    >>> params, sources = resolve_params({"threshold": 0.5},
+    ...                                  {"method": "watershed", "threshold": 0.7,
+    ...                                   "foreground": 0.55})
+    >>> params.threshold, params.foreground, sources["threshold"], sources["foreground"]
+    (0.5, 0.55, 'config', 'tuned')
+    """
+    base = SegmentParams()
+    tuned = dict(tuned or {})
+    for key in ("method", "seeds"):
+        given, chosen = section.get(key), tuned.get(key)
+        if given is not None and chosen is not None and given != chosen and (
+                key == "method" or (section.get("method") or tuned.get("method")) == "watershed"):
+            tuned = {}  # tuned for another method
+    values, sources = {}, {}
+    for f in fields(SegmentParams):
+        key, given = f.name, section.get(f.name)
+        if key in TUNABLE and given is None:
+            if key in tuned:
+                values[key], sources[key] = tuned[key], "tuned"
+            else:
+                values[key], sources[key] = getattr(base, key), "default"
+        elif key in section:
+            values[key], sources[key] = given, "config"
+        else:
+            values[key], sources[key] = getattr(base, key), "default"
+    return SegmentParams(**values).check(), sources
+
+
+def describe_sources(params: SegmentParams, sources: Mapping[str, str]) -> str:
+    """One line: every setting with its value and where it came from."""
+    return ", ".join(f"{key} {getattr(params, key)!r} ({sources[key]})"
+                     for key in (f.name for f in fields(SegmentParams)))
 
 
 def mode_of(n_classes: int) -> str:
