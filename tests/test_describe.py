@@ -71,7 +71,11 @@ def test_info_of_a_trained_checkpoint_matches_the_run(trained):
     # the best validation among the two validations the run made
     scored = [row for row in history if row.get("val_ap") is not None]
     assert len(scored) == 2
-    assert info["metrics"]["best"]["ap"] == max(row["val_ap"] for row in scored)
+    # kept by the mean AP of the segmentation (ties: AP at 0.5, then the matched IoU)
+    top = max(scored, key=lambda r: (r["val_mean_ap"], r["val_ap"], r["val_iou"]))
+    assert info["metrics"]["best"]["iteration"] == top["iteration"]
+    assert info["metrics"]["best"]["mean_ap"] == pytest.approx(top["val_mean_ap"], abs=1e-6)
+    assert info["metrics"]["best"]["ap"] == pytest.approx(top["val_ap"], abs=1e-6)
     text = format_info(info)
     assert f"parameters      {arch['parameters']:,}" in text
     assert "train           1 image(s): s0" in text

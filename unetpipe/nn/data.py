@@ -108,9 +108,35 @@ def _foreground_cells(targets, cell: int) -> tuple[np.ndarray, np.ndarray, np.nd
             np.concatenate(counts).astype(np.int64))
 
 
+class Region:
+    """A read-only view of a box of an array's last axes (the part of a training
+    image that trains when a slab of it is held out for validation).
+
+    Indexing takes one slice per axis (leading axes whole), as the sampler reads.
+    """
+
+    def __init__(self, array, box: Sequence[Sequence[int]], *, lead: int = 0):
+        self.array, self.lead = array, int(lead)
+        self.box = tuple((int(a), int(b)) for a, b in box)
+        self.shape = tuple(array.shape[:lead]) + tuple(b - a for a, b in self.box)
+        self.chunks = tuple(array.chunks)
+        self.ndim, self.dtype = len(self.shape), array.dtype
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        out = list(key[:self.lead])
+        for s, (a, b) in zip(key[self.lead:], self.box, strict=True):
+            start, stop, _ = s.indices(b - a)
+            out.append(slice(a + start, a + stop))
+        return self.array[tuple(out)]
+
+
 def open_training_sample(store_path: str | os.PathLike, targets_path: str | os.PathLike, *,
-                         name: str | None = None) -> TrainingSample:
+                         name: str | None = None,
+                         region: Sequence[Sequence[int]] | None = None) -> TrainingSample:
     """Open a preprocessed store and its targets for patch sampling.
+
+    ``region`` (``(start, stop)`` per spatial axis) trains on that box alone.
 
     Raises
     ------
@@ -141,6 +167,9 @@ def open_training_sample(store_path: str | os.PathLike, targets_path: str | os.P
     if mode not in ("two_class", "three_class"):
         raise InputError(targets_path, f"unknown target mode {mode!r} in its attributes")
     spacing = tuple(float(s) for s in attrs.get("spacing", [1.0] * targets.ndim))
+    if region is not None:
+        image = Region(image, region, lead=1)
+        targets, weights = Region(targets, region), Region(weights, region)
     cells, sizes, counts = _foreground_cells(targets, FOREGROUND_CELL)
     if name is None:
         from ..inputs.samples import sample_name

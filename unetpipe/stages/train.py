@@ -3,13 +3,19 @@
 :func:`train_model` trains on random patches of the training images (read
 from their preprocessed and targets stores) and validates every
 ``train.val_every`` iterations by predicting the validation images whole
-(overlap-tile), taking the connected components of the cell class as
-instances and scoring them with AP at IoU 0.5. It writes to the output
-folder (``results/model/``):
+(overlap-tile) and segmenting them. With ``train.select: segmentation`` (the
+default) they are segmented as the workflow will segment them (the
+``segment`` settings the config sets, the built-in defaults for the rest)
+and scored by mean AP over IoU 0.5:0.95; with ``components``, by AP at IoU
+0.5 of the connected components of the cell class. Without validation
+images, some training images are held out; with a single training image, a
+slab at the end of its longest axis (:func:`hold_out_region`). Training
+stops early once ``train.patience`` validations in a row bring no
+improvement. It writes to the output folder (``results/model/``):
 
 ``checkpoint_best.pt``
-    The weights with the best validation AP (the last weights when there is
-    nothing to validate on).
+    The weights with the best validation score (the last weights when there
+    is nothing to validate on).
 ``checkpoint_last.pt``
     Everything a resumed run needs: weights, optimiser, schedule and random
     states, history, and the best weights so far. Written every
@@ -34,7 +40,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +60,7 @@ if TYPE_CHECKING:
     from ..nn.data import PatchSampler, TrainingSample
     from ..nn.loss import SegmentationLoss
     from ..nn.transforms import Augment
+    from .instances import SegmentParams
 
 log = logging.getLogger("unetpipe")
 
@@ -65,9 +72,12 @@ VAL_MIN_SIZE = {2: 8, 3: 27}
 LOG_EVERY = 10
 # Keys that may change between a run and its resumption.
 _RESUMABLE_CHANGES = ("iterations", "minutes", "val_every", "checkpoint_every", "device",
-                      "compile", "resume")
-HISTORY_FIELDS = ("iteration", "loss", "lr", "val_ap", "val_iou", "val_tp", "val_fp", "val_fn",
-                  "seconds")
+                      "compile", "resume", "patience")
+HISTORY_FIELDS = ("iteration", "loss", "lr", "val_ap", "val_mean_ap", "val_iou", "val_tp",
+                  "val_fp", "val_fn", "seconds")
+# Smallest slab (pixels along the split axis) held out of a single training
+# image, and smallest part left to train on.
+MIN_HOLD_OUT = 32
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class TrainResult:
     start_iteration: int
     best_ap: float | None
     best_iteration: int | None
+    best_mean_ap: float | None
     final_loss: float | None
     seconds: float
     iterations_per_second: float
@@ -93,6 +104,7 @@ class ValImage:
     name: str
     image: np.ndarray  # (C, *S) float32
     gt: np.ndarray  # S, integer instance labels
+    spacing: tuple[float, ...] | None = None  # pixel size, where the store is calibrated
 
 
 # --- small pieces ---------------------------------------------------------------
@@ -143,49 +155,72 @@ def fingerprint(parts: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_val_image(store_path: str | os.PathLike, *, name: str | None = None) -> ValImage:
-    """A preprocessed store's image and ground truth, in memory, for validation."""
+def load_val_image(store_path: str | os.PathLike, *, name: str | None = None,
+                   region: Sequence[Sequence[int]] | None = None) -> ValImage:
+    """A preprocessed store's image and ground truth, in memory, for validation.
+
+    ``region`` (``(start, stop)`` per spatial axis) reads only that box.
+    """
     import zarr
 
     from ..inputs.samples import sample_name
 
     store_path = os.fspath(store_path)
+    box = (...,) if region is None else tuple(slice(int(a), int(b)) for a, b in region)
     try:
-        image = np.asarray(zarr.open_array(os.path.join(store_path, "0"), mode="r")[...])
+        image = np.asarray(zarr.open_array(os.path.join(store_path, "0"), mode="r")
+                           [(slice(None), *box) if region is not None else box])
     except Exception as e:
         raise InputError(store_path, f"cannot read the preprocessed image: {e}") from e
     gt_path = os.path.join(store_path, "labels", "gt", "0")
     if not os.path.isdir(gt_path):
         raise InputError(store_path, "validation images need ground-truth labels (labels/gt)")
-    gt = np.asarray(zarr.open_array(gt_path, mode="r")[...])
-    return ValImage(name or sample_name(store_path), image.astype(np.float32, copy=False), gt)
+    gt = np.asarray(zarr.open_array(gt_path, mode="r")[box])
+    attrs = _store_attrs(store_path)
+    spacing = tuple(float(v) for v in attrs["spacing"]) if attrs.get("unit") and \
+        attrs.get("spacing") else None
+    return ValImage(name or sample_name(store_path), image.astype(np.float32, copy=False), gt,
+                    spacing)
 
 
 def validate(model, images: Sequence[ValImage], *, mode: str, device=None,
-             amp: bool = False) -> dict:
-    """Validation AP at IoU 0.5, pooled over the images.
+             amp: bool = False, params: SegmentParams | None = None) -> dict:
+    """Validation scores, pooled over the images.
 
-    Each image is predicted whole (overlap-tile), instances are the connected
-    components of the cell class (:func:`unetpipe.stages.instances.connected_instances`),
-    and TP, FP and FN are summed over the images before AP = TP / (TP + FP +
-    FN). ``iou`` is the mean IoU of the matched objects. The model is left
-    in eval mode.
+    Each image is predicted whole (overlap-tile) and segmented: with
+    ``params``, by :func:`unetpipe.stages.instances.segment_array` as the
+    segment stage would (``min_size`` in the units of the image's spacing);
+    without, as the connected components of the cell class
+    (:func:`unetpipe.stages.instances.connected_instances`). Match counts are
+    summed over the images (:func:`unetpipe.stages.metrics.pool_scores`)
+    before the scores: ``ap`` = AP at IoU 0.5 = TP / (TP + FP + FN),
+    ``mean_ap`` over IoU 0.50:0.95, ``iou`` the mean IoU of the matched
+    objects, and the counts at 0.5. The model is left in eval mode.
     """
     from ..nn.tiles import predict_array
-    from .instances import connected_instances
-    from .metrics import match
+    from .instances import connected_instances, segment_array
+    from .metrics import pool_scores, score
 
-    tp = fp = fn = 0
-    iou_sum = 0.0
+    scores = []
     for item in images:
         probs = predict_array(model, item.image, device=device, amp=amp)
-        labels = connected_instances(probs, mode=mode, min_size=VAL_MIN_SIZE[item.gt.ndim])
-        m = match(item.gt, labels, threshold=0.5)
-        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-        iou_sum += m.mean_matched_iou * m.tp
-    total = tp + fp + fn
-    return {"ap": 1.0 if total == 0 else tp / total, "tp": tp, "fp": fp, "fn": fn,
-            "iou": iou_sum / tp if tp else 0.0}
+        if params is None:
+            labels = connected_instances(probs, mode=mode, min_size=VAL_MIN_SIZE[item.gt.ndim])
+        else:
+            labels = segment_array(probs, params=params, spacing=item.spacing)
+        scores.append(score(item.gt, labels))
+    pooled = pool_scores(scores)
+    tp, fp, fn = pooled.counts(0.5)
+    return {"ap": pooled.ap(0.5), "mean_ap": pooled.mean_ap, "tp": tp, "fp": fp, "fn": fn,
+            "iou": pooled.mean_matched_iou}
+
+
+def _rank(scores: dict, select: str) -> tuple:
+    """What makes validation scores the best: mean AP (segmentation) or AP at 0.5
+    (components) first; ties to AP at 0.5, then to the better outlines."""
+    if select == "components":
+        return (scores["ap"], scores["iou"])
+    return (scores.get("mean_ap") or 0.0, scores["ap"], scores["iou"])
 
 
 def write_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
@@ -208,6 +243,8 @@ def plot_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
     loss = [(r["iteration"], r["loss"]) for r in rows if r.get("loss") is not None]
     scored = [r for r in rows if r.get("val_ap") is not None]
     val = [(r["iteration"], r["val_ap"]) for r in scored]
+    mean = [(r["iteration"], r["val_mean_ap"]) for r in scored
+            if r.get("val_mean_ap") not in (None, "")]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if loss:
         ax.plot(*zip(*loss, strict=True), color="tab:blue", lw=1.2, label="training loss")
@@ -218,13 +255,12 @@ def plot_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
     if val:
         ax2.plot(*zip(*val, strict=True), color="tab:red", marker="o", ms=3, lw=1.2,
                  label="validation AP@0.5")
-        # the checkpoint kept: best AP, ties to the better outlines (as in training)
-        top = max(scored, key=lambda r: (r["val_ap"], r.get("val_iou") or 0.0))
-        ax2.annotate(f"best {top['val_ap']:.3f} at {top['iteration']}",
-                     (top["iteration"], top["val_ap"]), textcoords="offset points",
-                     xytext=(-60, -15), color="tab:red", fontsize=8)
+    if mean:
+        ax2.plot(*zip(*mean, strict=True), color="tab:purple", marker="s", ms=3, lw=1.2,
+                 label="validation mean AP")
+        ax2.legend(loc="lower right", fontsize=8)
     ax2.set_ylim(0, 1)
-    ax2.set_ylabel("validation AP at IoU 0.5", color="tab:red")
+    ax2.set_ylabel("validation AP", color="tab:red")
     ax.set_title("unetpipe training")
     fig.tight_layout()
     with atomic_output(path) as tmp:
@@ -252,6 +288,10 @@ def resumable_checkpoint(path: str | os.PathLike, *, fingerprint_: str, iteratio
         log.info("train: %s is from a run with other settings or data; starting afresh", path)
         return None
     it, elapsed = int(ckpt["iteration"]), float(ckpt["elapsed"])
+    if ckpt.get("stopped_by") == "plateau":
+        log.info("train: %s holds a run that stopped on a validation plateau at iteration %d; "
+                 "starting afresh", path, it)
+        return None
     if it >= iterations or (minutes is not None and elapsed >= 60 * minutes):
         log.info("train: %s holds a finished run (iteration %d, %.0f s); starting afresh",
                  path, it, elapsed)
@@ -338,6 +378,8 @@ class _Run:
     targets_info: dict
     normalization: dict
     data_info: dict
+    # the segmentation validation scores (None: connected components)
+    segment: SegmentParams | None = None
     fingerprint: str = ""
     # made after resuming, so that they see the restored weights
     train_net: torch.nn.Module | None = None
@@ -401,7 +443,7 @@ def _train_model(train_stores, val_stores, out_dir, *, config, progress, stop_at
     _log_setup(run, time.perf_counter() - t_setup)
     _run_iterations(run, stop_at=stop_at, progress=progress)
     finished = (stop_at is None or run.iteration >= run.iterations
-                or run.stopped_by == "minutes")
+                or run.stopped_by in ("minutes", "plateau"))
     _finish(run, finished=finished)
     done = run.iteration - run.start
     seconds = time.perf_counter() - run.t0
@@ -409,6 +451,7 @@ def _train_model(train_stores, val_stores, out_dir, *, config, progress, stop_at
         out_dir=os.fspath(run.out_dir), iterations=run.iteration, start_iteration=run.start,
         best_ap=None if run.best is None else run.best["ap"],
         best_iteration=None if run.best is None else run.best["iteration"],
+        best_mean_ap=None if run.best is None else run.best.get("mean_ap"),
         final_loss=run.last_loss, seconds=seconds,
         iterations_per_second=done / seconds if seconds > 0 else 0.0,
         device=run.device.type, stopped_by=run.stopped_by,
@@ -442,8 +485,8 @@ def _set_up(train_stores, val_stores, out_dir, *, config: dict) -> _Run:
     out_dir = Path(os.fspath(out_dir))
     if not train_stores:
         raise ConfigError("no training images: set data.train.images and data.train.labels")
-    train_stores, val_stores = _hold_out(train_stores, val_stores, tcfg)
-    samples, val_images = _open_data(train_stores, val_stores)
+    train_stores, val_stores, region = _hold_out(train_stores, val_stores, tcfg)
+    samples, val_images = _open_data(train_stores, val_stores, region)
     first = samples[0]
     ndim = len(first.shape)
     model_config, patch = _model_config(first, mcfg, tcfg)
@@ -489,11 +532,24 @@ def _set_up(train_stores, val_stores, out_dir, *, config: dict) -> _Run:
     data_info = {"ndim": ndim, "channels": first.channels, "spacing": list(first.spacing),
                  "unit": first.attrs.get("unit"), "patch": list(patch),
                  "train": [s.name for s in samples], "val": [v.name for v in val_images]}
+    if region is not None:
+        data_info["val_region"] = {"sample": val_images[0].name,
+                                   "box": [list(b) for b in region["val"]],
+                                   "train_box": [list(b) for b in region["train"]]}
+    from .instances import resolve_params
+
+    segment, _sources = resolve_params(config.get("segment", {}))
+    if tcfg["select"] == "segmentation" and val_images:
+        log.info("train: validating by mean AP of the segmentation with %s",
+                 ", ".join(f"{k} {getattr(segment, k)!r}" for k in ("method", "seeds",
+                                                                      "threshold", "foreground",
+                                                                      "min_size")))
     run = _Run(tcfg=tcfg, mcfg=mcfg, acfg=acfg, out_dir=out_dir, samples=samples,
                val_images=val_images, patch=patch, device=device, amp=amp, model=model,
                model_config=model_config, optimizer=optimizer, schedule=schedule,
                loss_fn=loss_fn, augment=augment, targets_info=targets_info,
-               normalization=normalization, data_info=data_info)
+               normalization=normalization, data_info=data_info,
+               segment=segment if tcfg["select"] == "segmentation" else None)
     run.fingerprint = _run_fingerprint(run, train_stores, val_stores)
     _resume(run)
 
@@ -503,16 +559,64 @@ def _set_up(train_stores, val_stores, out_dir, *, config: dict) -> _Run:
     return run
 
 
-def _hold_out(train_stores, val_stores, tcfg: dict) -> tuple[list, list]:
-    """The training and validation stores, as paths, with images held out if need be.
+def hold_out_region(shape: Sequence[int], fraction: float
+                    ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] | None:
+    """The boxes a single training image is split into: (train, validation).
+
+    The validation box is a slab at the end of the longest in-plane axis (y
+    or x), ``fraction`` of it and at least :data:`MIN_HOLD_OUT` pixels; the
+    rest, at least :data:`MIN_HOLD_OUT` pixels, trains. None when the image
+    is too small to split. Boxes are ``(start, stop)`` per spatial axis.
+
+    Examples
+    --------
+    >>> hold_out_region((200, 300), 0.2)
+    (((0, 200), (0, 240)), ((0, 200), (240, 300)))
+    >>> hold_out_region((40, 50), 0.2) is None
+    True
+    """
+    shape = [int(n) for n in shape]
+    axis = max(range(len(shape) - 2, len(shape)), key=lambda a: (shape[a], a))
+    n = shape[axis]
+    held = max(MIN_HOLD_OUT, round(fraction * n))
+    if n - held < MIN_HOLD_OUT:
+        return None
+    train = [(0, s) for s in shape]
+    val = [(0, s) for s in shape]
+    train[axis], val[axis] = (0, n - held), (n - held, n)
+    return tuple(train), tuple(val)
+
+
+def _hold_out(train_stores, val_stores, tcfg: dict) -> tuple[list, list, dict | None]:
+    """The training and validation stores, as paths, with data held out if need be.
 
     Without validation images, ``train.val_fraction`` of the training images
-    (drawn with ``train.seed``) validate instead.
+    (drawn with ``train.seed``) validate instead; with a single training
+    image, a slab of it (:func:`hold_out_region`), returned as
+    ``{"train": box, "val": box}`` (else None).
     """
     from ..inputs.samples import sample_name
 
     train_stores = [(os.fspath(a), os.fspath(b)) for a, b in train_stores]
     val_stores = [os.fspath(v) for v in val_stores]
+    if not val_stores and tcfg["val_fraction"] > 0 and len(train_stores) == 1:
+        import zarr
+
+        store = train_stores[0][0]
+        try:
+            shape = zarr.open_array(os.path.join(store, "0"), mode="r").shape[1:]
+        except Exception as e:
+            raise InputError(store, f"cannot open the preprocessed image (level 0): {e}") from e
+        boxes = hold_out_region(shape, tcfg["val_fraction"])
+        if boxes is None:
+            log.warning("train: no validation images, and the one training image %s (%s) is "
+                        "too small to hold part of it out; validating on nothing",
+                        sample_name(store), "x".join(map(str, shape)))
+            return train_stores, [], None
+        log.info("train: no validation images configured; holding out %s of the one training "
+                 "image %s (%s), never trained on", _box_text(boxes[1]), sample_name(store),
+                 "x".join(map(str, shape)))
+        return train_stores, [store], {"train": boxes[0], "val": boxes[1]}
     if not val_stores and tcfg["val_fraction"] > 0 and len(train_stores) >= 2:
         rng = np.random.default_rng(tcfg["seed"])
         # at least one image held out, at least one left to train on
@@ -523,11 +627,19 @@ def _hold_out(train_stores, val_stores, tcfg: dict) -> tuple[list, list]:
         train_stores = [s for i, s in enumerate(train_stores) if i not in held]
         log.info("train: no validation images configured; holding out %s",
                  ", ".join(sample_name(v) for v in val_stores))
-    return train_stores, val_stores
+    return train_stores, val_stores, None
 
 
-def _open_data(train_stores: list, val_stores: list) -> tuple[list, list[ValImage]]:
+def _box_text(box) -> str:
+    """``[0:200, 240:300]``."""
+    return "[" + ", ".join(f"{a}:{b}" for a, b in box) + "]"
+
+
+def _open_data(train_stores: list, val_stores: list,
+               region: dict | None = None) -> tuple[list, list[ValImage]]:
     """The training samples and validation images, checked to fit together.
+
+    ``region`` (from :func:`_hold_out`) splits the one training image.
 
     Raises
     ------
@@ -537,7 +649,8 @@ def _open_data(train_stores: list, val_stores: list) -> tuple[list, list[ValImag
     """
     from ..nn.data import open_training_sample
 
-    samples = [open_training_sample(img, tgt) for img, tgt in train_stores]
+    box = None if region is None else region["train"]
+    samples = [open_training_sample(img, tgt, region=box) for img, tgt in train_stores]
     first = samples[0]
     for s in samples[1:]:
         if (s.mode, s.channels, len(s.shape)) != (first.mode, first.channels, len(first.shape)):
@@ -545,7 +658,8 @@ def _open_data(train_stores: list, val_stores: list) -> tuple[list, list[ValImag
                              f"{s.name}: {s.mode}, {s.channels} channel(s), {len(s.shape)}D "
                              f"does not match {first.name}: {first.mode}, {first.channels} "
                              f"channel(s), {len(first.shape)}D")
-    val_images = [load_val_image(v) for v in val_stores]
+    val_images = [load_val_image(v, region=None if region is None else region["val"])
+                  for v in val_stores]
     ndim = len(first.shape)
     for v in val_images:
         if v.image.shape[0] != first.channels or v.gt.ndim != ndim:
@@ -608,6 +722,7 @@ def _run_fingerprint(run: _Run, train_stores: list, val_stores: list) -> str:
         "shapes": [list(s.shape) for s in run.samples], "data": run.data_info,
         "train": {k: v for k, v in run.tcfg.items() if k not in _RESUMABLE_CHANGES},
         "augment": run.acfg, "normalization": run.normalization,
+        "segment": None if run.segment is None else asdict(run.segment),
     })
 
 
@@ -699,6 +814,12 @@ def _run_iterations(run: _Run, *, stop_at: int | None, progress: bool) -> None:
                     last_saved = run.iteration
                     if validate_now:
                         write_history(run.history, run.out_dir / "history.csv")
+                if validate_now and _plateau(run):
+                    run.stopped_by = "plateau"
+                    log.info("train: stopping at iteration %d: no better validation score in "
+                             "%d validations (train.patience), best at iteration %d",
+                             run.iteration, run.tcfg["patience"], run.best["iteration"])
+                    break
     finally:
         if bar is not None:
             bar.close()
@@ -759,13 +880,13 @@ def _record(run: _Run, *, lr: float, validate_now: bool) -> None:
         scores = _validate(run)
         run.elapsed = run.elapsed0 + time.perf_counter() - run.t0
         if scores is not None:
-            row.update(val_ap=round(scores["ap"], 6),
+            row.update(val_ap=round(scores["ap"], 6), val_mean_ap=round(scores["mean_ap"], 6),
                        val_iou=round(scores["iou"], 6), val_tp=scores["tp"],
                        val_fp=scores["fp"], val_fn=scores["fn"])
-            log.info("train: iteration %d/%d, loss %.4f, validation AP@0.5 "
-                     "%.3f (best %.3f at %d), %.0f s", run.iteration, run.iterations,
-                     row["loss"], scores["ap"], run.best["ap"], run.best["iteration"],
-                     run.elapsed)
+            log.info("train: iteration %d/%d, loss %.4f, validation AP@0.5 %.3f, mean AP "
+                     "%.3f (best %s at %d), %.0f s", run.iteration, run.iterations,
+                     row["loss"], scores["ap"], scores["mean_ap"], _best_text(run),
+                     run.best["iteration"], run.elapsed)
     run.history.append(row)
 
 
@@ -782,15 +903,32 @@ def _validate(run: _Run) -> dict | None:
     """
     if not run.val_images:
         return None
-    scores = validate(run.model, run.val_images, mode=run.mode, device=run.device, amp=run.amp)
+    scores = validate(run.model, run.val_images, mode=run.mode, device=run.device, amp=run.amp,
+                      params=run.segment)
     run.model.train()
     best = run.best
-    # ties in AP (common once every object is found) go to the better outlines
-    if best is None or (scores["ap"], scores["iou"]) > (best["ap"], best["iou"]):
+    select = run.tcfg["select"]
+    if best is None or _rank(scores, select) > _rank(best, select):
         run.best = {"iteration": run.iteration, "ap": float(scores["ap"]),
-                    "iou": float(scores["iou"]), "state_dict": _state_dict_cpu(run.model)}
+                    "mean_ap": float(scores["mean_ap"]), "iou": float(scores["iou"]),
+                    "select": select, "state_dict": _state_dict_cpu(run.model)}
         _keep_best(run)
     return scores
+
+
+def _plateau(run: _Run) -> bool:
+    """Whether ``train.patience`` validations in a row have passed without a new best."""
+    patience = run.tcfg["patience"]
+    if patience is None or run.best is None or run.best.get("ap") is None:
+        return False
+    return run.iteration - int(run.best["iteration"]) >= patience * run.tcfg["val_every"]
+
+
+def _best_text(run: _Run) -> str:
+    """The best score so far, as it was ranked."""
+    if run.tcfg["select"] == "components":
+        return f"AP@0.5 {run.best['ap']:.3f}"
+    return f"mean AP {run.best.get('mean_ap') or 0.0:.3f}"
 
 
 def _final_validation(run: _Run) -> None:
@@ -799,15 +937,16 @@ def _final_validation(run: _Run) -> None:
     scores = _validate(run)
     row = {"iteration": iteration, "loss": None, "lr": run.schedule.last_lr,
            "seconds": round(run.elapsed, 2), "val_ap": round(scores["ap"], 6),
-           "val_iou": round(scores["iou"], 6), "val_tp": scores["tp"],
+           "val_mean_ap": round(scores["mean_ap"], 6), "val_iou": round(scores["iou"], 6), "val_tp": scores["tp"],
            "val_fp": scores["fp"], "val_fn": scores["fn"]}
     history = run.history
     if history and history[-1]["iteration"] == iteration:
         history[-1].update({k: v for k, v in row.items() if k != "loss"})
     else:
         history.append(row)
-    log.info("train: final validation at iteration %d: AP@0.5 %.3f (best %.3f at %d)",
-             iteration, scores["ap"], run.best["ap"], run.best["iteration"])
+    log.info("train: final validation at iteration %d: AP@0.5 %.3f, mean AP %.3f (best %s "
+             "at %d)", iteration, scores["ap"], scores["mean_ap"], _best_text(run),
+             run.best["iteration"])
 
 
 # --- saving -------------------------------------------------------------------------
@@ -874,6 +1013,7 @@ def _save_last(run: _Run, *, finished: bool) -> None:
         "model": {"class": "UNet", "config": plain(run.model_config),
                   "state_dict": _state_dict_cpu(run.model)},
         "iteration": run.iteration, "elapsed": run.elapsed, "finished": finished,
+        "stopped_by": run.stopped_by if finished else None,
         "optimizer": run.optimizer.state_dict(), "scheduler": run.schedule.state_dict(),
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if run.cuda else []},
@@ -896,6 +1036,7 @@ def _save_best(path: Path, best: dict, describe: dict) -> None:
     model_config = describe.pop("model_config", None)
     payload = dict(describe)
     payload.update({"iteration": best["iteration"], "val_ap": best["ap"],
+                    "val_mean_ap": best.get("mean_ap"), "val_select": best.get("select"),
                     "val_iou": best.get("iou"), "finished": True,
                     "model": {"class": "UNet", "config": plain(model_config),
                               "state_dict": best["state_dict"]}})
