@@ -12,6 +12,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/tune.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/evaluate.smk"
@@ -24,6 +25,7 @@ localrules:
     report_metrics,
     report_config,
     report_runtimes,
+    report_tune,
 
 
 rule all:

@@ -152,8 +152,8 @@ def test_workflow_runs_every_job_on_slurm_and_matches_a_local_run(slurm, tmp_pat
     assert sorted(rule_of[j][0] for j in submitted) == on_cluster
     assert sorted(set(on_cluster)) == ["demo_data", "evaluate", "predict", "preprocess",
                                        "report_overlay", "report_weightmap", "segment",
-                                       "targets", "train"]
-    assert len(submitted) == 13, submitted  # 18 jobs, less the 5 local rules
+                                       "targets", "train", "tune"]
+    assert len(submitted) == 14, submitted  # 20 jobs, less the 6 local rules
     logs = {p.stem: p for p in (on_slurm / ".snakemake/slurm_logs").rglob("*.log")}
     states = {j["id"]: j["state"] for j in slurm.jobs()}
     for job, slurm_id in submitted.items():
@@ -168,8 +168,8 @@ def test_workflow_runs_every_job_on_slurm_and_matches_a_local_run(slurm, tmp_pat
     res = on_slurm / "results"
     assert (res / "metrics/summary.csv").is_file()
 
-    # the same workflow here, predicting with the checkpoint trained on SLURM
-    checkpoint = res / "model/checkpoint_best.pt"
+    # the same workflow here, predicting with the checkpoint trained (and tuned) on SLURM
+    checkpoint = res / "model/checkpoint_tuned.pt"
     (local / "config.yaml").write_text(yaml.safe_dump(
         {**TINY, "predict": {**TINY["predict"], "checkpoint": str(checkpoint)}}))
     proc = _snakemake(local, "--workflow-profile", str(ROOT / "workflow/profiles/local"),

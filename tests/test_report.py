@@ -206,13 +206,16 @@ def test_tiny_run_then_snakemake_report_holds_every_item(tmp_path):
                  if "/data/raw/" in name}
         assert "report/report.html" in z.namelist()
     assert sorted(files) == ["config.html", "metrics.html", "predict_000.png", "runtimes.html",
-                             "runtimes.png", "training_curves.png", "weightmap.png"]
+                             "runtimes.png", "training_curves.png", "tune.html",
+                             "weightmap.png"]
     assert all(len(data) > 1000 for data in files.values())
     runtimes = files["runtimes.html"].decode()
-    for rule in ("demo_data", "preprocess", "targets", "train", "predict", "segment",
+    for rule in ("demo_data", "preprocess", "targets", "train", "tune", "predict", "segment",
                  "evaluate", "summarize", "report_overlay", "report_weightmap",
                  "report_metrics", "report_config"):
         assert f"<td>{rule}</td>" in runtimes
     config = files["config.html"].decode()
     assert "iterations: 6" in config and "predict_shape:\n  - 160\n  - 128" in config
     assert "<td>pooled</td>" in files["metrics.html"].decode()
+    tune = files["tune.html"].decode()
+    assert "<th>built-in default</th><th>tuned</th>" in tune and "<td>mean_ap</td>" in tune

@@ -20,7 +20,7 @@ from unetpipe.io.images import read_image, read_labels, write_tiff
 from unetpipe.nn.checkpoint import build_model
 from unetpipe.nn.models import load_checkpoint
 from unetpipe.nn.tiles import predict_array
-from unetpipe.stages.instances import SegmentParams, segment_array
+from unetpipe.stages.instances import resolve_params, segment_array
 from unetpipe.stages.metrics import score
 from unetpipe.stages.weights import separation_weight_map, targets_for_mode
 
@@ -46,11 +46,38 @@ def test_dry_run_plans_demo_preprocess_targets_training_and_prediction(tmp_path)
     assert proc.returncode == 0, proc.stderr
     # targets for the two training images only; one training job; one image to predict
     assert job_table(proc.stdout) == {"demo_data": 1, "preprocess": 4, "targets": 2, "train": 1,
-                                      "predict": 1, "segment": 1, "evaluate": 1,
+                                      "tune": 1, "predict": 1, "segment": 1, "evaluate": 1,
                                       "summarize": 1, "report_overlay": 1,
                                       "report_weightmap": 1, "report_metrics": 1,
-                                      "report_config": 1, "report_runtimes": 1, "all": 1,
-                                      "total": 18}
+                                      "report_tune": 1, "report_config": 1,
+                                      "report_runtimes": 1, "all": 1, "total": 20}
+
+
+def test_dry_run_plans_tune_between_train_and_segment(tmp_path):
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", config=TINY)
+    assert proc.returncode == 0, proc.stderr
+    order = re.findall(r"^rule (\w+):", proc.stdout, re.M)
+    assert order.index("train") < order.index("tune") < order.index("predict") \
+        < order.index("segment")
+    # tune calibrates on the validation image; prediction uses the tuned checkpoint
+    assert re.search(r"unetpipe .*tune results/model/checkpoint_best.pt "
+                     r"results/model/checkpoint_tuned.pt --params "
+                     r"results/model/segment_params.yaml --val-images "
+                     r"results/preprocessed/val_000.ome.zarr", proc.stdout)
+    assert re.search(r"unetpipe .*predict results/model/checkpoint_tuned.pt ", proc.stdout)
+    # without tuning, the trained checkpoint, and no tune job
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--config", "tune={enabled: false}",
+                     config=TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "tune" not in job_table(proc.stdout)
+    assert re.search(r"unetpipe .*predict results/model/checkpoint_best.pt ", proc.stdout)
+    # without validation images, tune gets the training images (it takes the held-out ones)
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--config",
+                     "data={val: {images: null, labels: null}}", config=TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"tune results/model/checkpoint_best.pt .* --train-images "
+                     r"results/preprocessed/train_000.ome.zarr "
+                     r"results/preprocessed/train_001.ome.zarr", proc.stdout)
 
 
 def test_a_given_checkpoint_predicts_without_training(tmp_path):
@@ -112,7 +139,11 @@ def test_real_run_then_nothing_to_do(tmp_path):
     # training: 6 iterations, validated at 3 and 6 on val_000
     model = res / "model"
     assert sorted(p.name for p in model.iterdir()) == [
-        "checkpoint_best.pt", "checkpoint_last.pt", "history.csv", "training_curves.png"]
+        "checkpoint_best.pt", "checkpoint_last.pt", "checkpoint_tuned.pt", "history.csv",
+        "segment_params.yaml", "training_curves.png"]
+    tuned = yaml.safe_load((model / "segment_params.yaml").read_text())
+    assert load_checkpoint(model / "checkpoint_tuned.pt")["segment_params"] == tuned
+    assert tuned["validation"] == ["val_000"] and tuned["score"] >= tuned["defaults_score"]
     last = load_checkpoint(model / "checkpoint_last.pt")
     assert last["iteration"] == 6 and last["finished"]
     assert last["data"]["train"] == ["train_000", "train_001"] and last["data"]["val"] == ["val_000"]
@@ -136,7 +167,11 @@ def test_real_run_then_nothing_to_do(tmp_path):
     segmented = labels.data.compute()
     # one block (the image is smaller than the default block): the same as
     # the whole image at once, watershed included
-    whole = segment_array(probs.data.compute(), params=SegmentParams(threshold=0.35))
+    # the config's threshold, the tuned values for the rest
+    params, sources = resolve_params({"threshold": 0.35}, tuned["params"])
+    assert sources["threshold"] == "config" and sources["foreground"] == "tuned"
+    whole = segment_array(probs.data.compute(), params=params)
+    assert "threshold 0.35 (config)" in (res / "logs/segment/predict_000.log").read_text()
     np.testing.assert_array_equal(segmented == 0, whole == 0)
     assert segmented.max() == whole.max() == np.unique(segmented[segmented > 0]).size
     table = pd.read_csv(res / "tables/predict_000.csv")
@@ -172,10 +207,11 @@ def test_real_run_then_nothing_to_do(tmp_path):
     shutil.copy(tmp_path / "resources/demo/train/labels/train_000.tif", curated / "labels.tif")
     plan = snakemake(tmp_path, "-n", "--cores", "2")
     assert plan.returncode == 0, plan.stderr
-    assert job_table(plan.stdout) == {"preprocess": 1, "targets": 1, "train": 1, "predict": 1,
-                                      "segment": 1, "evaluate": 1, "summarize": 1,
-                                      "report_overlay": 1, "report_metrics": 1,
-                                      "report_runtimes": 1, "all": 1, "total": 11}
+    assert job_table(plan.stdout) == {"preprocess": 1, "targets": 1, "train": 1, "tune": 1,
+                                      "predict": 1, "segment": 1, "evaluate": 1,
+                                      "summarize": 1, "report_overlay": 1, "report_metrics": 1,
+                                      "report_tune": 1, "report_runtimes": 1, "all": 1,
+                                      "total": 13}
     assert "results/targets/curated-fix1.zarr" in plan.stdout
 
 

@@ -35,27 +35,40 @@ PREPROCESS_KEYS = (
 TARGETS_KEYS = ("targets.mode", "targets.w0", "targets.sigma", "targets.class_balance")
 MODEL_KEYS = ("model.depth", "model.features", "model.padding", "model.norm", "model.dropout",
               "model.anisotropic")
+# the segmentation settings, which training validates with and tune starts from
+SEGMENT_SETTINGS = (
+    "segment.method", "segment.threshold", "segment.foreground", "segment.grow",
+    "segment.seeds", "segment.h", "segment.min_size", "segment.max_size", "segment.fill_holes",
+)
 TRAIN_KEYS = (
     *MODEL_KEYS,
     "train.iterations", "train.minutes", "train.batch_size", "train.patch", "train.foreground",
     "train.optimizer", "train.lr", "train.momentum", "train.weight_decay", "train.schedule",
-    "train.warmup", "train.dice", "train.val_every", "train.val_fraction",
+    "train.warmup", "train.dice", "train.val_every", "train.select", "train.patience",
+    "train.val_fraction",
     "train.checkpoint_every", "train.seed", "train.device", "train.bf16", "train.compile",
     "train.deterministic", "train.resume",
     "augment.elastic", "augment.elastic_sigma", "augment.elastic_grid",
     "augment.elastic_probability", "augment.flip", "augment.rot90", "augment.scale",
     "augment.shift", "augment.gamma", "augment.noise",
+    *SEGMENT_SETTINGS,
 )
+# train takes the segment settings as --segment-NAME (train.foreground is --foreground)
+TRAIN_QUALIFIED = SEGMENT_SETTINGS
 PREDICT_KEYS = (
     "predict.block", "predict.halo", "predict.batch_size", "predict.device", "predict.bf16",
     "predict.tta", "predict.skip_empty", "predict.dtype", "predict.workers",
     "predict.scheduler", "predict.address", "predict.processes", "predict.resume",
 )
 SEGMENT_KEYS = (
-    "segment.method", "segment.threshold", "segment.foreground", "segment.grow",
-    "segment.seeds", "segment.h", "segment.min_size", "segment.max_size", "segment.fill_holes",
+    *SEGMENT_SETTINGS,
     "segment.block", "segment.halo", "segment.resume",
     "segment.scheduler", "segment.address", "segment.processes",
+)
+TUNE_KEYS = (
+    "tune.objective", "tune.windows", "tune.window", *SEGMENT_SETTINGS,
+    "predict.block", "predict.halo", "predict.batch_size", "predict.device", "predict.bf16",
+    "predict.tta",
 )
 # the Dask cluster of SLURM jobs that predict and segment use with scheduler
 # slurm; the rules pass these only then
@@ -168,12 +181,59 @@ def cmd_train(args: argparse.Namespace) -> None:
     result = train_model(pairs, args.val_images or [], args.output, config=cfg,
                          progress=not args.quiet)
     best = ("no validation images; kept the last weights" if result.best_ap is None else
-            f"best validation AP@0.5 {result.best_ap:.3f} at iteration {result.best_iteration}")
+            f"best validation AP@0.5 {result.best_ap:.3f}"
+            + ("" if result.best_mean_ap is None else f", mean AP {result.best_mean_ap:.3f}")
+            + f" at iteration {result.best_iteration}")
     log.info("train: %s: %d iterations (%d this run, stopped by the %s budget) on %s, "
              "final loss %s; %s; %.2f it/s in %s", args.output, result.iterations,
              result.iterations - result.start_iteration, result.stopped_by, result.device,
              "n/a" if result.final_loss is None else f"{result.final_loss:.4f}", best,
              result.iterations_per_second, _duration(result.seconds))
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .core.cluster import Execution
+    from .stages.tune import tune_checkpoint
+
+    config = config_from_args(args)
+    cfg, pcfg = config["tune"], config["predict"]
+    run = tune_checkpoint(
+        args.checkpoint, args.output, params_path=args.params, val_stores=args.val_images,
+        train_stores=args.train_images, section=config["segment"], objective=cfg["objective"],
+        windows=cfg["windows"], window=cfg["window"],
+        predict={k: pcfg[k] for k in ("block", "halo", "batch_size", "device", "bf16", "tta")},
+        execution=Execution(threads=args.threads, progress=not args.quiet),
+        progress=not args.quiet)
+    r, p = run.result, run.result.params
+    chosen = (f"{p.method}" + (f" ({p.seeds} seeds)" if p.method == "watershed" else "")
+              + f", threshold {p.threshold:g}, foreground {p.foreground:g}"
+              + (f", grow {p.grow}" if p.method == "components" else "")
+              + (f", h {p.h:g}" if p.method == "watershed" and p.seeds == "distance" else "")
+              + f", min_size {p.min_size:g}")
+    log.info("tune: %s -> %s: %s on %s (%s): %s %.3f, built-in defaults %.3f (%+.3f); %d "
+             "settings tried in %s", args.checkpoint, args.output, chosen,
+             ", ".join(run.validation), run.held_out, r.objective, r.score, r.defaults_score,
+             r.gain, r.n_tried, _duration(r.seconds))
+
+
+def _segment_params(args: argparse.Namespace, cfg: dict):
+    """The settings to segment with: the config's, else the tuned ones (--params, or
+    those the probability store carries), else the built-in defaults; logged."""
+    from .stages.instances import describe_sources, resolve_params
+    from .stages.tune import read_tuned, tuned_of_store
+
+    if args.params:
+        tuned, where = read_tuned(args.params), args.params
+        if tuned is None:
+            raise InputError(args.params, "holds no tuned segmentation settings; run "
+                                          "`unetpipe tune` to make them")
+    else:
+        tuned, where = tuned_of_store(args.probabilities), args.probabilities
+    params, sources = resolve_params(cfg, None if tuned is None else tuned["params"])
+    line = describe_sources(params, sources) + (
+        "" if tuned is None else f"; tuned values from {where} ({tuned.get('objective')} "
+                                 f"{tuned.get('score')})")
+    return params, line
 
 
 def _execution(args: argparse.Namespace, config: dict, stage: str):
@@ -206,7 +266,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
-    from .stages.instances import SegmentParams
     from .stages.segment import segment_store
 
     t0 = time.perf_counter()
@@ -220,12 +279,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
             raise InputError(args.image, f"has spatial shape {image.spatial_shape}, but the "
                                          f"probabilities {args.probabilities} have "
                                          f"{probs.spatial_shape}")
-    params = SegmentParams(method=cfg["method"], threshold=cfg["threshold"],
-                           foreground=cfg["foreground"], grow=cfg["grow"], seeds=cfg["seeds"],
-                           h=cfg["h"], min_size=cfg["min_size"], max_size=cfg["max_size"],
-                           fill_holes=cfg["fill_holes"])
+    params, settings = _segment_params(args, cfg)
     result = segment_store(args.probabilities, args.output, params=params, block=cfg["block"],
                            halo=cfg["halo"], execution=_execution(args, config, "segment"))
+    log.info("segment: settings %s", settings)
     if args.table:
         from .stages.measure import measure_store, write_table
 
@@ -353,6 +410,13 @@ def cmd_report(args: argparse.Namespace) -> None:
         out = f"{args.html}, {args.png} ({len(table)} rules, {int(table['jobs'].sum())} jobs)"
     elif what == "metrics":
         out = report.write_metrics_html(args.summary, args.output)
+    elif what == "tune":
+        from .stages.tune import read_tuned
+
+        tuned = read_tuned(args.params)
+        if tuned is None:
+            raise InputError(args.params, "holds no tuned segmentation settings")
+        out = report.write_tune_html(tuned, args.output)
     else:
         from .core.config import load_config
 
@@ -411,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                "can come from a config file with --configfile, and options given on the "
                "command line win. Keys only the workflow uses: data.train, data.val, "
                "data.predict (images and labels), data.curated, results, "
-               "predict.checkpoint. 'unetpipe config' prints every key with its value.",
+               "predict.checkpoint, tune.enabled. 'unetpipe config' prints every key with its value.",
     )
     parser.add_argument("--version", action="version", version=f"unetpipe {__version__}")
     parser.add_argument("--debug", action="store_true",
@@ -481,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="Torch CPU threads (default: one per core).")
     _add_common(p)
-    add_config_options(p, TRAIN_KEYS)
+    add_config_options(p, TRAIN_KEYS, qualified=TRAIN_QUALIFIED)
     _writes(p, lambda a: [(a.output, "model",
                            [*a.train_images, *a.train_targets, *a.val_images], None)])
     p.set_defaults(func=cmd_train)
@@ -527,6 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="Output label store, e.g. results/labels/NAME.ome.zarr.")
     p.add_argument("--table", metavar="CSV",
                    help="Also write per-object measurements, e.g. results/tables/NAME.csv.")
+    p.add_argument("--params", metavar="FILE",
+                   help="Tuned settings to use for every setting left at null: a "
+                        "segment_params.yaml or a checkpoint written by `unetpipe tune` "
+                        "(default: the ones the probability store carries from the "
+                        "checkpoint that predicted it, if any).")
     p.add_argument("--image", metavar="STORE",
                    help="Preprocessed store, for the table's intensities.")
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -537,6 +606,38 @@ def build_parser() -> argparse.ArgumentParser:
             + ([(a.table, "table", [a.probabilities, a.image, a.output], None)]
                if a.table else []))
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("tune", help="Calibrate the segmentation settings of a model on "
+                                    "validation images.",
+                       description="Predict the validation images with the model, search the "
+                                   "segmentation settings (method and seeds, threshold, "
+                                   "foreground, grow, h, min_size) for the best objective "
+                                   "against their labels (default: mean AP over IoU "
+                                   "0.5:0.95), and write the model with the chosen settings "
+                                   "stored in it (OUTPUT) and, with --params, as YAML. Without "
+                                   "--val-images, it tunes on the part of --train-images that "
+                                   "training held out. `unetpipe segment` uses the tuned "
+                                   "settings for every setting the config leaves at null. See "
+                                   "README, 'Calibrating to your data'.")
+    p.add_argument("checkpoint", help="Trained model, e.g. results/model/checkpoint_best.pt.")
+    p.add_argument("output", help="Checkpoint to write, e.g. "
+                                  "results/model/checkpoint_tuned.pt.")
+    p.add_argument("--params", metavar="YAML",
+                   help="Also write the settings, e.g. results/model/segment_params.yaml.")
+    p.add_argument("--val-images", nargs="*", default=[], metavar="STORE",
+                   help="Preprocessed stores with labels (labels/gt) to tune on.")
+    p.add_argument("--train-images", nargs="*", default=[], metavar="STORE",
+                   help="Without --val-images: the training images' stores; the ones "
+                        "training held out (recorded in the checkpoint) are tuned on.")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU cores to use (default: all).")
+    _add_common(p)
+    add_config_options(p, TUNE_KEYS)
+    _writes(p, lambda a: [(a.output, "checkpoint",
+                           [a.checkpoint, *a.val_images, *a.train_images], None)]
+            + ([(a.params, "segment_params", [a.checkpoint, *a.val_images, *a.train_images],
+                 None)] if a.params else []))
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("info", help="Show what a checkpoint holds.",
                        description="Print what a checkpoint holds: the architecture (with its "
@@ -662,6 +763,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("summary", help="summary.csv of unetpipe summarize.")
     r.add_argument("output", help="Output HTML.")
     _writes(r, lambda a: [(a.output, "figure", [a.summary], None)])
+    r = rsub.add_parser("tune", help="The tuned segmentation settings as an HTML table.")
+    r.add_argument("params", help="segment_params.yaml (or a tuned checkpoint).")
+    r.add_argument("output", help="HTML file.")
+    _writes(r, lambda a: [(a.output, "figure", [a.params], None)])
     r = rsub.add_parser("config", help="The resolved config as an HTML page.")
     r.add_argument("output", help="Output HTML.")
     r.add_argument("--json", metavar="TEXT", help="The config as JSON (the workflow passes its "

@@ -93,10 +93,21 @@ def _is_model_folder(path: Path) -> bool:
     if not path.is_dir():
         return False
     ours = {"checkpoint_best.pt": zipfile.is_zipfile, "checkpoint_last.pt": zipfile.is_zipfile,
+            "checkpoint_tuned.pt": zipfile.is_zipfile, "segment_params.yaml": _is_segment_params,
             "history.csv": lambda f: _first_line(f).split(",")[0] == "iteration",
             "training_curves.png": _has_marker}
     return all(check(path / name) for name, check in ours.items() if (path / name).is_file()) \
         and not any((path / name).is_dir() for name in ours)
+
+
+def _is_segment_params(path: Path) -> bool:
+    """The settings file the tune stage writes (it starts with a comment naming unetpipe)."""
+    return path.is_file() and _first_line(path).startswith("# unetpipe")
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A PyTorch checkpoint file (a zip archive)."""
+    return path.is_file() and zipfile.is_zipfile(path)
 
 
 def _is_demo_folder(path: Path) -> bool:
@@ -120,6 +131,8 @@ KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "metrics": ("metrics JSON", _is_metrics),
     "summary": ("metrics summary", _is_summary),
     "model": ("model folder", _is_model_folder),
+    "checkpoint": ("checkpoint", _is_checkpoint),
+    "segment_params": ("tuned segmentation settings", _is_segment_params),
     "package": ("bioimage.io package", _is_package),
     "figure": ("report figure or page", _has_marker),
     "demo": ("demo data folder", _is_demo_folder),

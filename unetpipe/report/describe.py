@@ -65,7 +65,8 @@ def checkpoint_info(ckpt: Mapping, *, path: str | None = None) -> dict:
     history = ckpt.get("history") or []
     if history:
         training["final_loss"] = history[-1].get("loss")
-    metrics = {k: ckpt[k] for k in ("val_ap", "val_iou") if ckpt.get(k) is not None}
+    metrics = {k: ckpt[k] for k in ("val_ap", "val_mean_ap", "val_iou", "val_select")
+               if ckpt.get(k) is not None}
     best = ckpt.get("best")
     if isinstance(best, Mapping):
         metrics["best"] = {k: v for k, v in best.items() if k != "state_dict"}
@@ -82,6 +83,7 @@ def checkpoint_info(ckpt: Mapping, *, path: str | None = None) -> dict:
         "training": training,
         "metrics": metrics,
         "bioimageio": dict(ckpt["bioimageio"]) if ckpt.get("bioimageio") else None,
+        "segmentation": dict(ckpt["segment_params"]) if ckpt.get("segment_params") else None,
     }
 
 
@@ -158,7 +160,28 @@ def format_info(info: Mapping) -> str:
                      f"mean matched IoU {_num(best.get('iou'))}")
     if "val_ap" not in metrics and not (best and best.get("ap") is not None):
         lines.append("  none (trained without validation images)")
+    if metrics.get("val_mean_ap") is not None:
+        lines.append(f"  kept by {metrics.get('val_select') or 'segmentation'}: mean AP "
+                     f"{metrics['val_mean_ap']:.3f}")
+    lines += _segmentation_lines(info.get("segmentation"))
     return "\n".join(lines)
+
+
+def _segmentation_lines(tuned: Mapping | None) -> list[str]:
+    """The tuned segmentation settings, for :func:`format_info`."""
+    if not tuned:
+        return ["segmentation", "  not tuned (segment uses the config's settings and the "
+                                "built-in defaults; run `unetpipe tune`)"]
+    p = tuned.get("params") or {}
+    return ["segmentation (tuned by `unetpipe tune`)",
+            f"  method          {p.get('method')}"
+            + (f", {p.get('seeds')} seeds" if p.get("method") == "watershed" else ""),
+            f"  threshold       {_num(p.get('threshold'))}, foreground "
+            f"{_num(p.get('foreground'))}, grow {p.get('grow')}, h {_num(p.get('h'))}, "
+            f"min_size {_num(p.get('min_size'))}",
+            f"  score           {tuned.get('objective')} {_num(tuned.get('score'))} on "
+            f"{_names(tuned.get('validation'))} (built-in defaults "
+            f"{_num(tuned.get('defaults_score'))}; {tuned.get('n_tried')} settings tried)"]
 
 
 def _budget(training: Mapping) -> str:

@@ -404,6 +404,44 @@ def config_html(config: Mapping) -> str:
     return html_page("Configuration", f"{note}<pre>{html.escape(text)}</pre>")
 
 
+def tune_html(tuned: Mapping) -> str:
+    """The tuned segmentation settings against the built-in defaults, as an HTML page.
+
+    Parameters
+    ----------
+    tuned : mapping
+        What the tune stage stores (``segment_params.yaml``): ``params``,
+        ``defaults``, ``score``, ``defaults_score``, ``objective``,
+        ``n_tried``, ``validation``.
+
+    Returns
+    -------
+    str
+    """
+    params, defaults = dict(tuned.get("params") or {}), dict(tuned.get("defaults") or {})
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(repr(defaults.get(k)))}</td>"
+        f"<td>{'<b>' if defaults.get(k) != v else ''}{html.escape(repr(v))}"
+        f"{'</b>' if defaults.get(k) != v else ''}</td></tr>"
+        for k, v in params.items())
+    objective = html.escape(str(tuned.get("objective")))
+    body = (f"<p>The segmentation settings the tune stage chose on "
+            f"{html.escape(', '.join(tuned.get('validation') or []))}, out of "
+            f"{tuned.get('n_tried')} tried; changed values in bold. Segment uses them for "
+            f"every setting the config leaves at null.</p>"
+            f"<table><tr><th>setting</th><th>built-in default</th><th>tuned</th></tr>{rows}"
+            f"<tr><td>{objective}</td><td>{float(tuned.get('defaults_score', 'nan')):.4f}</td>"
+            f"<td>{float(tuned.get('score', 'nan')):.4f}</td></tr></table>")
+    return html_page("Segmentation settings tuned on the validation images", body)
+
+
+def write_tune_html(tuned: Mapping, out) -> Path:
+    """:func:`tune_html` written atomically to ``out``."""
+    with atomic_output(out) as tmp:
+        tmp.write_text(tune_html(tuned), encoding="utf-8")
+    return Path(os.fspath(out))
+
+
 # --- figures ----------------------------------------------------------------------------
 
 

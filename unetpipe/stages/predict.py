@@ -510,4 +510,7 @@ def _create_output(partial: Path, *, level0_shape, img, block, dtype, fingerprin
         "mode": (ckpt.get("targets") or {}).get("mode"), "fingerprint": fingerprint,
         **settings,
     }
+    if ckpt.get("segment_params"):  # tuned settings: segment uses them (stages.tune)
+        root.attrs["unetpipe"] = {**root.attrs["unetpipe"],
+                                  "segment_params": ckpt["segment_params"]}
     (partial / resume.DONE_DIR).mkdir()

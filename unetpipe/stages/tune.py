@@ -66,6 +66,7 @@ from ..core.errors import ConfigError, InputError
 from .instances import SegmentParams, default_grow, mode_of, segment_array
 from .metrics import DEFAULT_THRESHOLDS, Scores, overlap_table, pool_scores, score
 
+FIXABLE = ("threshold", "foreground", "grow", "h", "min_size")
 _LIMITS = (0.05, 0.95)  # threshold and foreground stay inside (0, 1)
 _FAMILIES = (("components", None), ("watershed", "classes"), ("watershed", "distance"))
 DEFAULT_WINDOW = {2: (512, 512), 3: (32, 256, 256)}
@@ -98,6 +99,9 @@ class TuneSearch:
     max_settings : int
         Most settings scored in all (the start settings included); the
         search skips what would go beyond.
+    fixed : tuple of str
+        Settings held at their start values (of ``threshold``,
+        ``foreground``, ``grow``, ``h``, ``min_size``): those the config sets.
     """
 
     methods: tuple[str, ...] = ("components", "watershed")
@@ -109,6 +113,7 @@ class TuneSearch:
     min_size: tuple[float, ...] = (0.0, 0.25, 0.5)
     max_moves: int = 8
     max_settings: int = 400
+    fixed: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(cls, values: Mapping | None, prefix: str = "tune.search") -> TuneSearch:
@@ -149,6 +154,8 @@ class TuneSearch:
             bad("max_moves", "must be a whole number, not negative")
         if int(self.max_settings) != self.max_settings or self.max_settings < 1:
             bad("max_settings", "must be a whole number, at least 1")
+        if not isinstance(self.fixed, tuple) or not set(self.fixed) <= set(FIXABLE):
+            bad("fixed", f"may hold only {', '.join(FIXABLE)}")
         return self
 
 
@@ -356,8 +363,8 @@ def _family(p: SegmentParams) -> int:
 class _Searcher:
     """Scores settings once each, keeps the history, and ranks it."""
 
-    def __init__(self, cases, start, thresholds, measure, budget, pbar):
-        self.cases, self.start = cases, start
+    def __init__(self, cases, start, thresholds, measure, budget, pbar, fixed=()):
+        self.cases, self.start, self.fixed = cases, start, set(fixed)
         self.thresholds, self.measure, self.budget, self.pbar = thresholds, measure, budget, pbar
         self.n_classes = cases[0].probabilities.shape[0]
         self.start_values = {**asdict(start), "grow": default_grow(self.n_classes)
@@ -402,7 +409,8 @@ class _Searcher:
             p = self.history[at][0]
             relevant = _relevant(p, self.n_classes)
             moves = [replace(p, **{name: _clip(getattr(p, name) + sign * step)})
-                     for name in ("threshold", "foreground") if name in relevant
+                     for name in ("threshold", "foreground")
+                     if name in relevant and name not in self.fixed
                      for sign in (-1, 1)]
             moved = self.best([at, *(self.evaluate(q) for q in moves)])
             if moved == at:
@@ -411,6 +419,8 @@ class _Searcher:
         return at
 
     def sweep(self, at: int, name: str, values) -> int:
+        if name in self.fixed:
+            return at
         p = self.history[at][0]
         return self.best([at, *(self.evaluate(replace(p, **{name: v})) for v in values)])
 
@@ -436,13 +446,15 @@ def _search(cases: list[_Case], *, objective: str, start: SegmentParams,
     min_sizes = sorted({round(f * small, 3) for f in search.min_size})
     with bar(total=search.max_settings, desc="tune", unit="setting",
              disable=not progress) as pbar:
-        s = _Searcher(cases, start, thresholds, measure, search.max_settings, pbar)
+        s = _Searcher(cases, start, thresholds, measure, search.max_settings, pbar,
+                      fixed=search.fixed)
         s.evaluate(start)
         for method, seeds in _FAMILIES:
             if method not in search.methods or (seeds and seeds not in search.seeds):
                 continue
             base = replace(start, method=method, seeds=seeds or start.seeds)
-            names = [n for n in ("threshold", "foreground") if n in _relevant(base, s.n_classes)]
+            names = [n for n in ("threshold", "foreground")
+                     if n in _relevant(base, s.n_classes) and n not in search.fixed]
             family = [s.evaluate(replace(base, **dict(zip(names, values, strict=True))))
                       for values in itertools.product(search.grid, repeat=len(names))]
             family += [i for i, (q, _) in enumerate(s.history) if _family(q) == _family(base)]
@@ -614,12 +626,15 @@ def tune_stores(pairs, *, objective: str = "mean_ap", start: SegmentParams = Seg
 
     Parameters
     ----------
-    pairs : sequence of (path, path)
+    pairs : sequence of (path, path) or (path, path, region)
         ``(probabilities, truth)`` per image: a probability store as ``unetpipe
         predict`` writes it (OME-Zarr or Zarr, axes ``c(z)yx``, K = 2 or 3
         classes, floats in [0, 1]) and the true instance labels of the same
         spatial shape (TIFF, Zarr or OME-Zarr), read with
-        :func:`unetpipe.io.images.read_image` and ``read_labels``.
+        :func:`unetpipe.io.images.read_image` and ``read_labels``. A third
+        item, ``(start, stop)`` per spatial axis, limits the windows to that
+        box (the part of a training image that training held out); its edges
+        inside the image are cuts like a window's.
     objective, start, search, progress
         As for :func:`tune_params`.
     spacing : sequence of float, optional
@@ -674,7 +689,9 @@ def tune_stores(pairs, *, objective: str = "mean_ap", start: SegmentParams = Seg
     if int(windows) < 1:
         raise ConfigError(f"config key 'tune.windows': {windows!r} must be at least 1")
     cases = []
-    for prob_path, truth_path in pairs:
+    for pair in pairs:
+        prob_path, truth_path = pair[0], pair[1]
+        region = pair[2] if len(pair) > 2 else None
         img = read_image(prob_path)
         if "c" not in img.axes or np.dtype(img.data.dtype).kind != "f":
             raise InputError(img.path, f"holds {img.data.dtype} values with axes {img.axes}; "
@@ -696,7 +713,14 @@ def tune_stores(pairs, *, objective: str = "mean_ap", start: SegmentParams = Seg
             raise ValueError(f"margin {margin!r} must be one non-negative number per axis "
                              f"({ndim})")
         px = spacing if spacing is not None else (tuple(img.spacing) if img.unit else None)
-        for tile in _pick_windows(window_grid(shape, size), truth.data, int(windows), placement):
+        box = [(0, n) for n in shape] if region is None else [(int(a), int(b)) for a, b in region]
+        if len(box) != ndim or any(not 0 <= a < b <= n for (a, b), n in zip(box, shape,
+                                                                          strict=True)):
+            raise ValueError(f"region {region!r} is not a box inside the image's shape "
+                             f"{tuple(shape)}")
+        tiles = [tuple(slice(s.start + a, s.stop + a) for s, (a, _) in zip(t, box, strict=True))
+                 for t in window_grid([b - a for a, b in box], size)]
+        for tile in _pick_windows(tiles, truth.data, int(windows), placement):
             outer = tuple(slice(max(0, s.start - m), min(n, s.stop + m))
                           for s, m, n in zip(tile, pad, shape, strict=True))
             core = tuple(slice(s.start - o.start, s.stop - o.start)
@@ -708,3 +732,232 @@ def tune_stores(pairs, *, objective: str = "mean_ap", start: SegmentParams = Seg
                                where=f"{os.fspath(prob_path)}: "))
     return _search(cases, objective=objective, start=start, search=_search_settings(search),
                    progress=progress)
+
+
+# --- the tune stage: a checkpoint's settings, stored with it ----------------------------
+
+CHECKPOINT_KEY = "segment_params"
+"""The checkpoint entry (and probability-store attribute) holding the tuned settings."""
+
+
+def tuned_summary(result: TuneResult, *, start: SegmentParams, validation: Sequence[str],
+                  checkpoint: str | None = None) -> dict:
+    """What is stored with a model: the chosen settings, their score and the start's.
+
+    Plain values (no history), for a checkpoint loaded with
+    ``weights_only=True``, a YAML file and a Zarr attribute.
+    """
+    return {"params": asdict(result.params), "score": round(float(result.score), 6),
+            "defaults": asdict(start), "defaults_score": round(float(result.defaults_score), 6),
+            "objective": result.objective, "n_tried": int(result.n_tried),
+            "seconds": round(float(result.seconds), 2), "validation": list(validation),
+            "checkpoint": checkpoint}
+
+
+def write_tuned(summary: Mapping, path: str | os.PathLike) -> None:
+    """``segment_params.yaml``: the summary as YAML, written atomically."""
+    import yaml
+
+    from ..io.images import atomic_output
+
+    text = ("# unetpipe: segmentation settings chosen by `unetpipe tune` on validation images.\n"
+            "# `unetpipe segment --params` and the workflow use them for every segment setting\n"
+            "# the config leaves at null.\n")
+    text += yaml.safe_dump(dict(summary), sort_keys=False)
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def read_tuned(path: str | os.PathLike) -> dict | None:
+    """The tuned settings summary of a ``segment_params.yaml``, a checkpoint or a
+    bioimage.io package (None when a model holds none).
+
+    Raises
+    ------
+    InputError
+        A YAML file that is not what :func:`write_tuned` writes.
+    """
+    import yaml
+
+    path = os.fspath(path)
+    if path.endswith((".yaml", ".yml")):
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise InputError(path, "no such file") from None
+        except (OSError, yaml.YAMLError) as e:
+            raise InputError(path, f"cannot read the tuned settings: {e}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("params"), dict):
+            raise InputError(path, "holds no 'params' mapping; expected the segment_params.yaml "
+                                   "that `unetpipe tune` writes")
+    else:
+        from ..nn.models import load_checkpoint
+
+        data = load_checkpoint(path).get(CHECKPOINT_KEY)
+        if data is None:
+            return None
+    try:
+        _params(data["params"])
+    except ValueError as e:
+        raise InputError(path, f"tuned settings: {e}") from None
+    return dict(data)
+
+
+def tuned_of_store(path: str | os.PathLike) -> dict | None:
+    """The tuned settings a probability store carries (from the checkpoint that
+    predicted it), or None."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(os.fspath(path), mode="r").attrs.get("unetpipe", {}))
+    except Exception:  # not a Zarr group: carries nothing
+        return None
+    data = attrs.get(CHECKPOINT_KEY)
+    return dict(data) if isinstance(data, dict) and isinstance(data.get("params"), dict) \
+        else None
+
+
+@dataclass(frozen=True)
+class TuneRun:
+    """What :func:`tune_checkpoint` did."""
+
+    result: TuneResult
+    summary: dict
+    output: str
+    params_path: str | None
+    validation: list[str]
+    held_out: str  # "validation images", "held-out images", "held-out slab", "training images"
+
+
+def _validation_sources(ckpt: Mapping, val_stores, train_stores) -> tuple[list, str]:
+    """``[(store, region or None)]`` to tune on, and what they are."""
+    from ..inputs.samples import sample_name
+
+    if val_stores:
+        return [(os.fspath(v), None) for v in val_stores], "validation images"
+    data = ckpt.get("data") or {}
+    by_name = {sample_name(t): os.fspath(t) for t in train_stores}
+    region = data.get("val_region")
+    if isinstance(region, Mapping) and region.get("sample") in by_name:
+        return [(by_name[region["sample"]], region["box"])], "held-out slab"
+    held = [by_name[n] for n in data.get("val") or [] if n in by_name]
+    if held:
+        return [(h, None) for h in held], "held-out images"
+    if train_stores:
+        return [(os.fspath(t), None) for t in train_stores], "training images"
+    raise ConfigError("nothing to tune on: give validation images (data.val, or --val-images) "
+                      "or the training images the model was trained on (--train-images)")
+
+
+def tune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
+                    params_path: str | os.PathLike | None = None,
+                    val_stores: Sequence[str | os.PathLike] = (),
+                    train_stores: Sequence[str | os.PathLike] = (),
+                    section: Mapping | None = None, objective: str = "mean_ap",
+                    windows: int = 4, window: Sequence[int] | None = None,
+                    predict: Mapping | None = None, execution=None,
+                    progress: bool = True) -> TuneRun:
+    """The tune stage: predict validation images, search the settings, store them.
+
+    Parameters
+    ----------
+    checkpoint : path
+        The trained model (``checkpoint_best.pt``).
+    output : path
+        The checkpoint written: ``checkpoint``'s contents with the tuned
+        settings under :data:`CHECKPOINT_KEY`.
+    params_path : path, optional
+        Also write the settings as YAML (``segment_params.yaml``).
+    val_stores : sequence of path
+        Preprocessed stores with labels (``labels/gt``) to tune on.
+    train_stores : sequence of path
+        Without ``val_stores``: the training images' preprocessed stores, of
+        which the ones training held out (recorded in the checkpoint: whole
+        images, or the slab of a single image) are tuned on; when training
+        held nothing out, all of them (the scores are then optimistic, and the
+        log says so).
+    section : mapping, optional
+        The config's ``segment`` section: the search starts from its
+        settings (null ones at their built-in defaults), and a ``method`` or
+        ``seeds`` it sets limits the search to that method or those seeds;
+        the other settings it sets are held (:attr:`TuneSearch.fixed`).
+    objective, windows, window
+        As for :func:`tune_stores`.
+    predict : mapping, optional
+        Keyword arguments of :func:`unetpipe.stages.predict.predict_store`
+        (``block``, ``halo``, ``batch_size``, ``device``, ``bf16``, ``tta``),
+        as the predict stage will use them.
+    execution : unetpipe.core.cluster.Execution, optional
+        Threads for the prediction.
+    progress : bool
+
+    Returns
+    -------
+    TuneRun
+    """
+    import logging
+    import shutil
+    from pathlib import Path
+
+    from ..core.cluster import Execution
+    from ..nn.checkpoint import save_checkpoint
+    from ..nn.models import load_checkpoint
+    from .instances import resolve_params
+    from .predict import predict_store
+
+    log = logging.getLogger("unetpipe")
+    checkpoint, output = os.fspath(checkpoint), Path(os.fspath(output))
+    section = dict(section or {})
+    start, _ = resolve_params(section)
+    # what the config sets is not searched: it wins over anything tuned
+    search = TuneSearch(
+        methods=(section["method"],) if section.get("method") else TuneSearch.methods,
+        seeds=(section["seeds"],) if section.get("seeds") else TuneSearch.seeds,
+        fixed=tuple(k for k in FIXABLE if section.get(k) is not None))
+    _objective(objective)  # a bad objective fails before any prediction
+    ckpt = load_checkpoint(checkpoint)
+    sources, what = _validation_sources(ckpt, val_stores, train_stores)
+    for store, _ in sources:
+        if not os.path.isdir(os.path.join(store, "labels", "gt")):
+            raise InputError(store, "has no ground-truth labels (labels/gt) to tune against; "
+                                    "preprocess it with --labels")
+    from ..inputs.samples import sample_name
+
+    names = [sample_name(s) for s, _ in sources]
+    if what == "training images":
+        log.warning("tune: the model was trained on every image and none was held out; tuning "
+                    "on the training images (%s), whose scores are optimistic. Give "
+                    "validation images (data.val) for an honest calibration.", ", ".join(names))
+    elif what != "validation images":
+        log.info("tune: no validation images configured; tuning on the %s training held out: "
+                 "%s%s", what, ", ".join(names),
+                 "" if sources[0][1] is None else " " + "[" + ", ".join(
+                     f"{a}:{b}" for a, b in sources[0][1]) + "]")
+    work = output.parent / f".{output.name}.tune"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        pairs = []
+        for (store, region), name in zip(sources, names, strict=True):
+            probs = work / f"{name}.ome.zarr"
+            predict_store(checkpoint, store, probs, **dict(predict or {}),
+                          execution=execution or Execution(progress=progress))
+            truth = os.path.join(store, "labels", "gt")
+            pairs.append((os.fspath(probs), truth) if region is None
+                         else (os.fspath(probs), truth, region))
+        result = tune_stores(pairs, objective=objective, start=start, search=search,
+                             windows=windows, window=window, progress=progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = tuned_summary(result, start=start, validation=names,
+                            checkpoint=os.path.abspath(checkpoint))
+    ckpt = dict(ckpt)
+    ckpt[CHECKPOINT_KEY] = summary
+    save_checkpoint(ckpt, output)
+    if params_path is not None:
+        write_tuned(summary, params_path)
+    return TuneRun(result=result, summary=summary, output=os.fspath(output),
+                   params_path=None if params_path is None else os.fspath(params_path),
+                   validation=names, held_out=what)

@@ -25,6 +25,8 @@ from unetpipe.cli import (  # noqa: E402
     SYNTH_KEYS,
     TARGETS_KEYS,
     TRAIN_KEYS,
+    TRAIN_QUALIFIED,
+    TUNE_KEYS,
 )
 from unetpipe.core import layout  # noqa: E402
 from unetpipe.core.config import cli_args, coerce_strings, validate_config  # noqa: E402
@@ -88,8 +90,18 @@ def train_runtime():
 
 
 MODEL = layout.model_path(RESULTS)
+TUNED_MODEL = layout.model_path(RESULTS, layout.TUNED)
+SEGMENT_PARAMS = layout.model_path(RESULTS, layout.SEGMENT_PARAMS)
+
+
+def tuning():
+    """Whether the workflow tunes the model it trains (rule tune)."""
+    return bool(config["tune"]["enabled"] and train_names() and not config["predict"]["checkpoint"])
+
+
 # the checkpoint prediction uses: a given one, or the one the workflow trains
-CHECKPOINT = config["predict"]["checkpoint"] or MODEL
+# (tuned, so that its probability stores carry the tuned settings)
+CHECKPOINT = config["predict"]["checkpoint"] or (TUNED_MODEL if tuning() else MODEL)
 
 
 def predict_names():
@@ -185,6 +197,8 @@ def all_outputs(*, runtimes=True):
     outputs = [preprocessed(name) for name in SAMPLES]
     if train_names() and not config["predict"]["checkpoint"]:
         outputs.append(MODEL)
+    if tuning():
+        outputs += [TUNED_MODEL, f"{REPORT}/tune.html"]
     if train_names() or config["predict"]["checkpoint"]:
         outputs += [labels_store(name) for name in predict_names()]
         outputs += [table(name) for name in predict_names()]

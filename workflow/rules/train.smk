@@ -26,7 +26,7 @@ rule train:
         f"{RESULTS}/benchmarks/train.tsv"
     params:
         out=lambda wildcards, output: os.path.dirname(output.best),
-        args=cli_args(config, TRAIN_KEYS),
+        args=cli_args(config, TRAIN_KEYS, qualified=TRAIN_QUALIFIED),
         val=lambda wildcards, input: (
             "--val-images " + " ".join(shlex.quote(v) for v in input.val) if input.val else ""
         ),
