@@ -300,3 +300,28 @@ def test_widget_cancel_stops_the_run_without_layers(make_napari_viewer, qtbot, c
     t.start()
     t.join(10)
     assert not t.is_alive()
+
+
+def test_widget_takes_the_settings_tuned_for_the_checkpoint(make_napari_viewer, checkpoint,
+                                                            tmp_path):
+    tuned = {"params": {"method": "components", "threshold": 0.45, "foreground": 0.3,
+                        "grow": 3, "seeds": "classes", "h": 1.5, "min_size": 7.0,
+                        "max_size": None, "fill_holes": None},
+             "score": 0.8, "defaults_score": 0.7, "objective": "mean_ap",
+             "validation": ["val_000"]}
+    path = tmp_path / "checkpoint_tuned.pt"
+    save_checkpoint({**load_checkpoint(checkpoint), "segment_params": tuned}, path)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("unetpipe", "Segment with a checkpoint")
+    widget.checkpoint.setText("")
+    assert widget.params() == SegmentParams()  # nothing tuned: the built-in defaults
+    widget.checkpoint.setText(str(path))  # typed or browsed: the form follows
+    assert widget.params() == SegmentParams(**tuned["params"])
+    assert "tuned for this model (mean_ap 0.800 on val_000)" in widget.status.text()
+    # a checkpoint without tuned settings puts the built-in defaults back
+    widget.checkpoint.setText(checkpoint)
+    assert widget.params() == SegmentParams() and widget.status.text() == ""
+    # settings typed into the form stay when the checkpoint holds none
+    widget.threshold.setValue(0.3)
+    widget.checkpoint.setText(checkpoint + " ")
+    assert widget.params() == SegmentParams(threshold=0.3)

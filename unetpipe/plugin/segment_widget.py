@@ -316,9 +316,13 @@ class SegmentWidget(QWidget):
         defaults = SegmentParams()
         self.checkpoint = QLineEdit()
         self.checkpoint.setPlaceholderText("checkpoint_best.pt")
-        best = Path("results/model/checkpoint_best.pt")
-        if best.is_file():
-            self.checkpoint.setText(str(best.resolve()))
+        # the workflow's model, tuned if the tune stage ran
+        for name in ("checkpoint_tuned.pt", "checkpoint_best.pt"):
+            best = Path("results/model") / name
+            if best.is_file():
+                self.checkpoint.setText(str(best.resolve()))
+                break
+        self._extra: dict = {}  # tuned settings the form does not show (grow, h)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
         row = QHBoxLayout()
@@ -349,6 +353,7 @@ class SegmentWidget(QWidget):
         self.block.setToolTip("Block (y and x) predicted and segmented at once; the progress "
                               "bar counts blocks")
         self.method.currentTextChanged.connect(self._sync)
+        self.checkpoint.textChanged.connect(self._load_tuned)
 
         form = QFormLayout()
         form.addRow("Checkpoint", row)
@@ -386,6 +391,7 @@ class SegmentWidget(QWidget):
             event.connect(self._refresh_layers)
         self._refresh_layers()
         self._sync()
+        self._load_tuned()
 
     # -- settings ----------------------------------------------------------------------
 
@@ -407,6 +413,42 @@ class SegmentWidget(QWidget):
                                               "Checkpoints (*.pt *.zip);;All files (*)")
         if path:
             self.checkpoint.setText(path)
+            self._load_tuned()
+
+    def _load_tuned(self, *_) -> bool:
+        """Fill the form with the settings tuned for the checkpoint, if it holds any
+        (``unetpipe tune``); True when it did. A checkpoint without them puts
+        back the built-in defaults where the form showed another one's."""
+        from ..stages.tune import read_tuned
+
+        path = self.checkpoint.text().strip()
+        tuned = None
+        if path and os.path.isfile(path):
+            try:
+                tuned = read_tuned(path)
+            except UnetpipeError:
+                tuned = None
+        if tuned is None:
+            if self._extra:  # the form shows another checkpoint's tuned settings
+                self._show(SegmentParams())
+                self._extra = {}
+                self.status.setText("")
+            return False
+        self._show(SegmentParams(**tuned["params"]))
+        self._extra = {"grow": tuned["params"].get("grow"),
+                       "h": float(tuned["params"].get("h", SegmentParams.h))}
+        self.status.setText(f"Settings tuned for this model ({tuned.get('objective')} "
+                            f"{float(tuned.get('score', 0)):.3f} on "
+                            f"{', '.join(tuned.get('validation') or [])}).")
+        return True
+
+    def _show(self, p: SegmentParams) -> None:
+        """Put settings into the form."""
+        self.method.setCurrentText(p.method)
+        self.seeds.setCurrentText(p.seeds)
+        self.threshold.setValue(float(p.threshold))
+        self.foreground.setValue(float(p.foreground))
+        self.min_size.setValue(float(p.min_size))
 
     def _image_layers(self):
         from napari.layers import Image
@@ -431,7 +473,7 @@ class SegmentWidget(QWidget):
         return SegmentParams(method=self.method.currentText(), seeds=self.seeds.currentText(),
                              threshold=self.threshold.value(),
                              foreground=self.foreground.value(),
-                             min_size=self.min_size.value())
+                             min_size=self.min_size.value(), **self._extra)
 
     # -- running -------------------------------------------------------------------------
 
