@@ -70,6 +70,12 @@ TUNE_KEYS = (
     "predict.block", "predict.halo", "predict.batch_size", "predict.device", "predict.bf16",
     "predict.tta",
 )
+# apply: the model's run on raw images; the model sets the normalisation
+APPLY_PREDICT = ("block", "halo", "batch_size", "device", "bf16", "tta", "skip_empty", "dtype")
+APPLY_KEYS = (
+    "data.axes", "data.spacing", "data.channels", *SEGMENT_SETTINGS,
+    "predict.block", "predict.batch_size", "predict.device", "predict.tta",
+)
 # the Dask cluster of SLURM jobs that predict and segment use with scheduler
 # slurm; the rules pass these only then
 DASK_SLURM_KEYS = (
@@ -299,6 +305,27 @@ def cmd_segment(args: argparse.Namespace) -> None:
              "x".join(map(str, result.shape)), result.objects, result.dtype, result.blocks,
              result.resumed, result.merges, ", measured" if args.table else "",
              _rate(math.prod(result.shape), seconds), _duration(seconds))
+
+
+def cmd_apply(args: argparse.Namespace) -> None:
+    from .stages.apply import apply_images, resolve_model
+
+    config = config_from_args(args)
+    _set_threads(args.threads)
+    result = apply_images(
+        resolve_model(args.model), args.inputs, args.out, section=config["segment"],
+        predict={k: config["predict"][k] for k in APPLY_PREDICT},
+        data={k: config["data"][k] for k in ("axes", "spacing", "channels")},
+        tiff=args.tiff, probabilities=args.probabilities, keep_work=args.keep_work,
+        execution=_execution(args, config, "predict"), progress=not args.quiet)
+    total = len(result.images) + len(result.failures)
+    log.info("apply: %s: %d of %d image(s) segmented, %d skipped (done before), %d failed; "
+             "%d objects in all; in %s", args.out, len(result.done), total,
+             len(result.skipped), len(result.failures),
+             sum(r.objects for r in result.images), _duration(result.seconds))
+    if result.failures:
+        raise UnetpipeError(f"{len(result.failures)} of {total} image(s) failed (see the lines "
+                            f"above); the other {total - len(result.failures)} are done")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -606,6 +633,40 @@ def build_parser() -> argparse.ArgumentParser:
             + ([(a.table, "table", [a.probabilities, a.image, a.output], None)]
                if a.table else []))
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("apply", help="Segment raw images with a trained model in one "
+                                     "command: labels and a table per image.",
+                       description="Preprocess (with the percentiles the model was trained "
+                                   "with), predict, segment and measure every image, as "
+                                   "`unetpipe preprocess`, `predict` and `segment` would one "
+                                   "by one: OUT/labels/NAME.ome.zarr and OUT/tables/NAME.csv "
+                                   "per image (with --tiff also OUT/labels/NAME.tif, with "
+                                   "--probabilities OUT/probabilities/NAME.ome.zarr). The "
+                                   "segmentation settings not given take the model's tuned "
+                                   "ones, else the built-in defaults. Work in progress stays "
+                                   "in OUT/.work until an image is done; a run started again "
+                                   "skips the finished images and resumes the others. An "
+                                   "image that cannot be read or does not fit the model is "
+                                   "named in one line and skipped, and the run exits with "
+                                   "status 1 at the end.")
+    p.add_argument("model", metavar="MODEL",
+                   help="Trained model: a checkpoint (.pt) or a bioimage.io package (.zip) "
+                        "written by `unetpipe export`.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="Images (TIFF, Zarr, OME-Zarr; 2D or 3D), glob patterns, or folders "
+                        "(their *.tif, *.tiff, *.zarr and *.ome.zarr).")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="Output folder (it may not hold an input).")
+    p.add_argument("--tiff", action="store_true", help="Also write the labels as TIFF.")
+    p.add_argument("--probabilities", action="store_true",
+                   help="Keep the class probabilities (OUT/probabilities/NAME.ome.zarr).")
+    p.add_argument("--keep-work", action="store_true",
+                   help="Keep the preprocessed images (OUT/.work) of finished images.")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU cores to use (default: all).")
+    _add_common(p)
+    add_config_options(p, APPLY_KEYS)
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("tune", help="Calibrate the segmentation settings of a model on "
                                     "validation images.",

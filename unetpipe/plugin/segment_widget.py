@@ -55,8 +55,6 @@ from ..stages.instances import METHODS, SEEDS, SegmentParams
 # once; larger ones stay lazy on their stores until napari exits.
 IN_MEMORY_BYTES = 256 * 2**20
 
-DEFAULT_PERCENTILES = (1.0, 99.8)
-
 _TEMP_ROOTS: list[str] = []
 
 
@@ -124,12 +122,11 @@ def model_input(data, model_config: dict, *, name: str = "image"):
 
 
 def normalisation(ckpt: dict) -> tuple[tuple[float, float], bool]:
-    """The percentiles and clipping the checkpoint's training images were preprocessed with."""
-    for source in (ckpt.get("normalization"), (ckpt.get("config") or {}).get("preprocess")):
-        if isinstance(source, dict) and source.get("percentiles"):
-            low, high = source["percentiles"]
-            return (float(low), float(high)), bool(source.get("clip") or False)
-    return DEFAULT_PERCENTILES, False
+    """The percentiles and clipping the checkpoint's training images were preprocessed with
+    (:func:`unetpipe.stages.apply.model_normalisation`)."""
+    from ..stages.apply import model_normalisation
+
+    return model_normalisation(ckpt)
 
 
 def segment_layer_data(data, *, checkpoint: str | os.PathLike, folder: str | os.PathLike,
