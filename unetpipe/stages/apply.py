@@ -30,7 +30,6 @@ and resumes the unfinished one where its stages stopped.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import math
@@ -283,19 +282,6 @@ def model_normalisation(ckpt: Mapping) -> tuple[tuple[float, float], bool]:
     log.warning("apply: the model records no normalisation; using the percentiles %s and no "
                 "clipping", list(DEFAULT_PERCENTILES))
     return DEFAULT_PERCENTILES, False
-
-
-def _sha256(path: str) -> str:
-    """The model's identity: its file's digest (an unpacked package's description,
-    which pins the weights' digests)."""
-    if os.path.isdir(path):
-        path = next((os.path.join(path, n) for n in ("rdf.yaml", "bioimageio.yaml")
-                     if os.path.isfile(os.path.join(path, n))), path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def _check_lengths(settings: Mapping, stage: str, ndim: int, model: str) -> None:
@@ -665,8 +651,10 @@ def apply_images(model: str | os.PathLike, inputs: Iterable[str | os.PathLike] |
     images = collect_images(inputs)
     out = Path(os.fspath(out))
     _check_out(out, [path for _, path in images] + [model_path])
+    from .predict import model_sha256
+
     identity = {
-        "model_sha256": _sha256(model_path),
+        "model_sha256": model_sha256(model_path),
         "normalisation": {"percentiles": list(percentiles), "clip": clip},
         "data": data,
         "predict": {k: v for k, v in predict.items() if k != "batch_size"},

@@ -197,7 +197,9 @@ def _run_blocks(job: _Job, indices: Sequence[tuple[int, ...]]) -> tuple[int, int
     return len(origins) - n_empty, n_empty
 
 
-def _sha256(path: str) -> str:
+def model_sha256(path: str) -> str:
+    """A model's identity: the sha256 of its file (of an unpacked package's
+    description, which pins the weights' digests)."""
     if os.path.isdir(path):
         # an unpacked bioimage.io model: its description pins the weights' sha256
         from ..nn.bioimageio import RDF_NAMES
@@ -376,7 +378,7 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
         else:
             dev = torch.device(device)
         job = _Job(
-            checkpoint=os.path.abspath(ckpt_path), checkpoint_sha=_sha256(ckpt_path),
+            checkpoint=os.path.abspath(ckpt_path), checkpoint_sha=model_sha256(ckpt_path),
             image=os.path.abspath(image_path), output=os.path.abspath(resume.partial_path(out)),
             channel_axis="c" in img.axes, shape=tuple(spatial), block=tuple(block_),
             window=tuple(window), offset=tuple(offset), device=str(dev),
