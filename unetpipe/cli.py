@@ -225,8 +225,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def _segment_params(args: argparse.Namespace, cfg: dict):
     """The settings to segment with: the config's, else the tuned ones (--params, or
     those the probability store carries), else the built-in defaults; logged."""
-    from .stages.instances import describe_sources, resolve_params
-    from .stages.tune import read_tuned, tuned_of_store
+    from .stages.tune import read_tuned, segment_settings, tuned_of_store
 
     if args.params:
         tuned, where = read_tuned(args.params), args.params
@@ -235,11 +234,7 @@ def _segment_params(args: argparse.Namespace, cfg: dict):
                                           "`unetpipe tune` to make them")
     else:
         tuned, where = tuned_of_store(args.probabilities), args.probabilities
-    params, sources = resolve_params(cfg, None if tuned is None else tuned["params"])
-    line = describe_sources(params, sources) + (
-        "" if tuned is None else f"; tuned values from {where} ({tuned.get('objective')} "
-                                 f"{tuned.get('score')})")
-    return params, line
+    return segment_settings(cfg, tuned, where)
 
 
 def _execution(args: argparse.Namespace, config: dict, stage: str):

@@ -42,3 +42,14 @@ def shift(box: Sequence[slice], within: Sequence[slice]) -> tuple[slice, ...]:
     """
     return tuple(slice(s.start - o.start, s.stop - o.start)
                  for s, o in zip(box, within, strict=True))
+
+
+def box_text(box: Sequence[Sequence[int]]) -> str:
+    """A box given as ``(start, stop)`` per axis, written as a Python slice.
+
+    Examples
+    --------
+    >>> box_text([(0, 200), (240, 300)])
+    '[0:200, 240:300]'
+    """
+    return "[" + ", ".join(f"{int(a)}:{int(b)}" for a, b in box) + "]"

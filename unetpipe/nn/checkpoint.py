@@ -33,6 +33,9 @@ from ..core.errors import InputError
 
 FORMAT = "unetpipe-checkpoint"
 VERSION = 1
+SEGMENT_PARAMS = "segment_params"
+"""The checkpoint entry holding the segmentation settings the tune stage chose
+(``unetpipe.stages.tune``); predict copies it into its probability stores."""
 
 
 def plain(value, *, json: bool = False):

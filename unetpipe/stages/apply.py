@@ -36,7 +36,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -231,26 +231,6 @@ def collect_images(inputs: Iterable[str | os.PathLike]) -> list[tuple[str, str]]
         by_name[name] = path
         images.append((name, path))
     return images
-
-
-def _check_out(out: Path, sources: Sequence[str]) -> None:
-    """Refuse an output folder that is an input, lies inside one (a Zarr store, the
-    model) or holds one."""
-    target = Path(os.path.realpath(out))
-    if not target.name:
-        raise InputError(out, "is not a folder that can be written")
-    for given in sources:
-        source = Path(os.path.realpath(given))
-        if target == source:
-            where = "is"
-        elif source in target.parents:
-            where = "is inside"
-        elif target in source.parents:
-            where = "holds"
-        else:
-            continue
-        raise InputError(out, f"{where} the input {given}: the output folder may not hold "
-                              "or replace what it reads; choose another --out")
 
 
 # --- the model -------------------------------------------------------------------------
@@ -614,10 +594,9 @@ def apply_images(model: str | os.PathLike, inputs: Iterable[str | os.PathLike] |
     model) does not stop the run.
     """
     from ..core.cluster import Execution
-    from ..io.outputs import output_lock
+    from ..io.outputs import check_inputs, output_lock
     from ..nn.models import load_checkpoint
-    from .instances import describe_sources, resolve_params
-    from .tune import read_tuned
+    from .tune import read_tuned, segment_settings
 
     t0 = time.perf_counter()
     run = execution if execution is not None else Execution(progress=progress)
@@ -629,10 +608,7 @@ def apply_images(model: str | os.PathLike, inputs: Iterable[str | os.PathLike] |
     percentiles, clip = model_normalisation(ckpt)
     tuned = read_tuned(model_path)
     section = dict(section or {})
-    params, sources = resolve_params(section, None if tuned is None else tuned["params"])
-    settings = describe_sources(params, sources) + (
-        "" if tuned is None else f"; tuned values from {model_path} ({tuned.get('objective')} "
-                                 f"{tuned.get('score')})")
+    params, settings = segment_settings(section, tuned, model_path)
     predict = {k: v for k, v in dict(predict or {}).items() if v is not None}
     unknown = sorted(set(predict) - set(PREDICT_SETTINGS))
     if unknown:
@@ -650,7 +626,7 @@ def apply_images(model: str | os.PathLike, inputs: Iterable[str | os.PathLike] |
 
     images = collect_images(inputs)
     out = Path(os.fspath(out))
-    _check_out(out, [path for _, path in images] + [model_path])
+    check_inputs(out, [path for _, path in images] + [model_path])
     from .predict import model_sha256
 
     identity = {

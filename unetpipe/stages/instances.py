@@ -173,11 +173,13 @@ def resolve_params(section: Mapping, tuned: Mapping | None = None
     """
     base = SegmentParams()
     tuned = dict(tuned or {})
-    for key in ("method", "seeds"):
-        given, chosen = section.get(key), tuned.get(key)
-        if given is not None and chosen is not None and given != chosen and (
-                key == "method" or (section.get("method") or tuned.get("method")) == "watershed"):
-            tuned = {}  # tuned for another method
+
+    def other(key):  # the config sets another value than the one tuned
+        return section.get(key) not in (None, tuned.get(key, section.get(key)))
+
+    method = section.get("method") or tuned.get("method")
+    if other("method") or (method == "watershed" and other("seeds")):
+        tuned = {}  # tuned for another method
     values, sources = {}, {}
     for f in fields(SegmentParams):
         key, given = f.name, section.get(f.name)

@@ -37,6 +37,7 @@ from ..core.memory import release_free_memory
 from ..core.progress import bar
 from ..io import resume
 from ..io.outputs import check_free_space
+from ..nn.checkpoint import SEGMENT_PARAMS
 from ..nn.tiles import _clip, forward_windows, read_window, tiling
 
 log = logging.getLogger("unetpipe")
@@ -511,8 +512,7 @@ def _create_output(partial: Path, *, level0_shape, img, block, dtype, fingerprin
         "checkpoint": ckpt_path, "checkpoint_iteration": ckpt.get("iteration"),
         "mode": (ckpt.get("targets") or {}).get("mode"), "fingerprint": fingerprint,
         **settings,
+        # tuned settings: segment uses them (stages.tune)
+        **({SEGMENT_PARAMS: ckpt[SEGMENT_PARAMS]} if ckpt.get(SEGMENT_PARAMS) else {}),
     }
-    if ckpt.get("segment_params"):  # tuned settings: segment uses them (stages.tune)
-        root.attrs["unetpipe"] = {**root.attrs["unetpipe"],
-                                  "segment_params": ckpt["segment_params"]}
     (partial / resume.DONE_DIR).mkdir()

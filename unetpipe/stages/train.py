@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import __version__
+from ..core.boxes import box_text
 from ..core.device import select_device
 from ..core.errors import ConfigError, InputError, UnetpipeError
 from ..io.images import atomic_output
@@ -169,7 +170,7 @@ def load_val_image(store_path: str | os.PathLike, *, name: str | None = None,
     box = (...,) if region is None else tuple(slice(int(a), int(b)) for a, b in region)
     try:
         image = np.asarray(zarr.open_array(os.path.join(store_path, "0"), mode="r")
-                           [(slice(None), *box) if region is not None else box])
+                           [(slice(None), *box)])
     except Exception as e:
         raise InputError(store_path, f"cannot read the preprocessed image: {e}") from e
     gt_path = os.path.join(store_path, "labels", "gt", "0")
@@ -232,8 +233,10 @@ def write_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_FIELDS})
 
 
-def plot_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
-    """training_curves.png: training loss and validation AP against iterations."""
+def plot_history(rows: Sequence[dict], path: str | os.PathLike, *,
+                 select: str = "segmentation") -> None:
+    """training_curves.png: training loss and validation AP against iterations, the
+    checkpoint kept (by ``select``, as training ranks them) marked."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -259,6 +262,15 @@ def plot_history(rows: Sequence[dict], path: str | os.PathLike) -> None:
         ax2.plot(*zip(*mean, strict=True), color="tab:purple", marker="s", ms=3, lw=1.2,
                  label="validation mean AP")
         ax2.legend(loc="lower right", fontsize=8)
+    if scored:
+        top = max(scored, key=lambda r: _rank(
+            {"ap": r["val_ap"], "mean_ap": r.get("val_mean_ap") or None,
+             "iou": r.get("val_iou") or 0.0}, select))
+        value = top["val_ap"] if select == "components" or top.get("val_mean_ap") in (None, "") \
+            else top["val_mean_ap"]
+        ax2.annotate(f"kept: {value:.3f} at {top['iteration']}",
+                     (top["iteration"], value), textcoords="offset points",
+                     xytext=(-60, -15), color="tab:red", fontsize=8)
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("validation AP", color="tab:red")
     ax.set_title("unetpipe training")
@@ -536,14 +548,12 @@ def _set_up(train_stores, val_stores, out_dir, *, config: dict) -> _Run:
         data_info["val_region"] = {"sample": val_images[0].name,
                                    "box": [list(b) for b in region["val"]],
                                    "train_box": [list(b) for b in region["train"]]}
-    from .instances import resolve_params
+    from .instances import describe_sources, resolve_params
 
-    segment, _sources = resolve_params(config.get("segment", {}))
+    segment, sources = resolve_params(config.get("segment", {}))
     if tcfg["select"] == "segmentation" and val_images:
         log.info("train: validating by mean AP of the segmentation with %s",
-                 ", ".join(f"{k} {getattr(segment, k)!r}" for k in ("method", "seeds",
-                                                                      "threshold", "foreground",
-                                                                      "min_size")))
+                 describe_sources(segment, sources))
     run = _Run(tcfg=tcfg, mcfg=mcfg, acfg=acfg, out_dir=out_dir, samples=samples,
                val_images=val_images, patch=patch, device=device, amp=amp, model=model,
                model_config=model_config, optimizer=optimizer, schedule=schedule,
@@ -614,7 +624,7 @@ def _hold_out(train_stores, val_stores, tcfg: dict) -> tuple[list, list, dict | 
                         sample_name(store), "x".join(map(str, shape)))
             return train_stores, [], None
         log.info("train: no validation images configured; holding out %s of the one training "
-                 "image %s (%s), never trained on", _box_text(boxes[1]), sample_name(store),
+                 "image %s (%s), never trained on", box_text(boxes[1]), sample_name(store),
                  "x".join(map(str, shape)))
         return train_stores, [store], {"train": boxes[0], "val": boxes[1]}
     if not val_stores and tcfg["val_fraction"] > 0 and len(train_stores) >= 2:
@@ -628,11 +638,6 @@ def _hold_out(train_stores, val_stores, tcfg: dict) -> tuple[list, list, dict | 
         log.info("train: no validation images configured; holding out %s",
                  ", ".join(sample_name(v) for v in val_stores))
     return train_stores, val_stores, None
-
-
-def _box_text(box) -> str:
-    """``[0:200, 240:300]``."""
-    return "[" + ", ".join(f"{a}:{b}" for a, b in box) + "]"
 
 
 def _open_data(train_stores: list, val_stores: list,
@@ -937,8 +942,8 @@ def _final_validation(run: _Run) -> None:
     scores = _validate(run)
     row = {"iteration": iteration, "loss": None, "lr": run.schedule.last_lr,
            "seconds": round(run.elapsed, 2), "val_ap": round(scores["ap"], 6),
-           "val_mean_ap": round(scores["mean_ap"], 6), "val_iou": round(scores["iou"], 6), "val_tp": scores["tp"],
-           "val_fp": scores["fp"], "val_fn": scores["fn"]}
+           "val_mean_ap": round(scores["mean_ap"], 6), "val_iou": round(scores["iou"], 6),
+           "val_tp": scores["tp"], "val_fp": scores["fp"], "val_fn": scores["fn"]}
     history = run.history
     if history and history[-1]["iteration"] == iteration:
         history[-1].update({k: v for k, v in row.items() if k != "loss"})
@@ -975,7 +980,7 @@ def _finish(run: _Run, *, finished: bool) -> None:
     _save_last(run, finished=finished)
     write_history(history, run.out_dir / "history.csv")
     if finished:
-        plot_history(history, run.out_dir / "training_curves.png")
+        plot_history(history, run.out_dir / "training_curves.png", select=run.tcfg["select"])
 
 
 def _state_dict_cpu(module) -> dict:

@@ -62,7 +62,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
+from ..core.boxes import box_text
 from ..core.errors import ConfigError, InputError
+from ..nn.checkpoint import SEGMENT_PARAMS
 from .instances import SegmentParams, default_grow, mode_of, segment_array
 from .metrics import DEFAULT_THRESHOLDS, Scores, overlap_table, pool_scores, score
 
@@ -736,7 +738,7 @@ def tune_stores(pairs, *, objective: str = "mean_ap", start: SegmentParams = Seg
 
 # --- the tune stage: a checkpoint's settings, stored with it ----------------------------
 
-CHECKPOINT_KEY = "segment_params"
+CHECKPOINT_KEY = SEGMENT_PARAMS
 """The checkpoint entry (and probability-store attribute) holding the tuned settings."""
 
 
@@ -807,15 +809,29 @@ def read_tuned(path: str | os.PathLike) -> dict | None:
 def tuned_of_store(path: str | os.PathLike) -> dict | None:
     """The tuned settings a probability store carries (from the checkpoint that
     predicted it), or None."""
-    import zarr
+    from pathlib import Path
 
-    try:
-        attrs = dict(zarr.open_group(os.fspath(path), mode="r").attrs.get("unetpipe", {}))
-    except Exception:  # not a Zarr group: carries nothing
-        return None
-    data = attrs.get(CHECKPOINT_KEY)
+    from ..io.images import group_attributes
+
+    data = ((group_attributes(Path(os.fspath(path))) or {}).get("unetpipe") or {}).get(
+        CHECKPOINT_KEY)
     return dict(data) if isinstance(data, dict) and isinstance(data.get("params"), dict) \
         else None
+
+
+def segment_settings(section: Mapping, tuned: Mapping | None, where: str | os.PathLike
+                     ) -> tuple[SegmentParams, str]:
+    """The settings to segment with (:func:`unetpipe.stages.instances.resolve_params`)
+    from a config section and a tuned summary (:func:`read_tuned`) read from
+    ``where``, and one line for the log saying where each came from."""
+    from .instances import describe_sources, resolve_params
+
+    params, sources = resolve_params(section, None if tuned is None else tuned["params"])
+    line = describe_sources(params, sources)
+    if tuned is not None:
+        line += (f"; tuned values from {os.fspath(where)} ({tuned.get('objective')} "
+                 f"{tuned.get('score')})")
+    return params, line
 
 
 @dataclass(frozen=True)
@@ -932,8 +948,7 @@ def tune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
     elif what != "validation images":
         log.info("tune: no validation images configured; tuning on the %s training held out: "
                  "%s%s", what, ", ".join(names),
-                 "" if sources[0][1] is None else " " + "[" + ", ".join(
-                     f"{a}:{b}" for a, b in sources[0][1]) + "]")
+                 "" if sources[0][1] is None else " " + box_text(sources[0][1]))
     work = output.parent / f".{output.name}.tune"
     if work.exists():
         shutil.rmtree(work)
