@@ -20,7 +20,7 @@ from unetpipe.core.errors import InputError
 from unetpipe.inputs.synth import synthetic_nuclei
 from unetpipe.io.images import read_labels, write_ome_zarr, write_tiff
 from unetpipe.nn.checkpoint import read_checkpoint, save_checkpoint
-from unetpipe.stages import apply as apply_mod
+from unetpipe.nn.models import resolve_model
 from unetpipe.stages.instances import SegmentParams
 from unetpipe.stages.preprocess import preprocess_file
 from unetpipe.stages.segment import segment_store
@@ -178,6 +178,28 @@ def test_a_3d_stack_equals_the_stages_run_by_hand(model3d, tmp_path):
     assert read_labels(out / "labels" / "stack.tif").spacing == (1.0, 0.5, 0.5)
 
 
+def test_a_folder_of_2d_and_3d_images_each_with_its_model(model2d, model3d, tmp_path, capsys):
+    """Each model does the images it fits, names the others in one line, and leaves
+    the outputs the other model made in the same output folder alone."""
+    folder = tmp_path / "mixed"
+    image, _ = synthetic_nuclei((64, 80), seed=30)
+    flat = write_tiff(folder / "flat.tif", image, axes="yx")
+    image, _ = synthetic_nuclei((16, 48, 48), seed=31)
+    stack = write_tiff(folder / "stack.tif", image, axes="zyx", spacing=(1.0, 0.5, 0.5))
+    out = tmp_path / "out"
+    assert cli.main(["-q", "apply", model2d, str(folder), "--out", str(out), "--tiff",
+                     "--probabilities"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "stack.tif: is 3D" in err[0] and "segments 2D images" in err[0]
+    assert err[1].endswith("1 of 2 image(s) failed (see the lines above); the other 1 are done")
+    assert cli.main(["-q", "apply", model3d, str(folder), "--out", str(out), "--tiff",
+                     "--probabilities"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "flat.tif: is 2D" in err[0] and "segments 3D stacks" in err[0]
+    assert_same_as_by_hand(out, "flat", by_hand(model2d, flat, tmp_path / "hand2d"))
+    assert_same_as_by_hand(out, "stack", by_hand(model3d, stack, tmp_path / "hand3d"))
+
+
 def test_a_bioimageio_package_gives_the_checkpoints_labels(model2d, images2d, tmp_path):
     from unetpipe.nn.bioimageio import export_model
 
@@ -228,11 +250,11 @@ def test_arguments_that_name_nothing_are_refused_before_any_work(model2d, images
         assert len(lines) == 1 and lines[0].startswith("unetpipe apply: error: "), lines
         return lines[0]
 
-    assert "not the name of a built-in model (built-in: none yet)" in \
-        error("starter", images2d, "--out", tmp_path / "o")
+    assert "not the name of a built-in model (built-in: starter)" in \
+        error("starterx", images2d, "--out", tmp_path / "o")
     with pytest.raises(InputError, match="built-in"):
-        apply_mod.resolve_model("starter")
-    assert apply_mod.resolve_model(model2d) == model2d
+        resolve_model("starterx")
+    assert resolve_model(model2d) == model2d
     assert "holds the input" in error(model2d, images2d, "--out", images2d)
     assert "is the input" in error(model2d, images2d / "c.ome.zarr", "--out",
                                    images2d / "c.ome.zarr")

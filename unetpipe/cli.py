@@ -42,8 +42,8 @@ SEGMENT_SETTINGS = (
 )
 TRAIN_KEYS = (
     *MODEL_KEYS,
-    "train.iterations", "train.minutes", "train.batch_size", "train.patch", "train.foreground",
-    "train.optimizer", "train.lr", "train.momentum", "train.weight_decay", "train.schedule",
+    "train.init", "train.iterations", "train.minutes", "train.batch_size", "train.patch",
+    "train.foreground", "train.optimizer", "train.lr", "train.momentum", "train.weight_decay", "train.schedule",
     "train.warmup", "train.dice", "train.val_every", "train.select", "train.patience",
     "train.val_fraction",
     "train.checkpoint_every", "train.seed", "train.device", "train.bf16", "train.compile",
@@ -303,7 +303,8 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
-    from .stages.apply import apply_images, resolve_model
+    from .nn.models import resolve_model
+    from .stages.apply import apply_images
 
     config = config_from_args(args)
     _set_threads(args.threads)
@@ -584,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "built in the hidden store .OUTPUT.partial and renamed to "
                                    "OUTPUT when complete; a killed run started again with the "
                                    "same arguments predicts only the blocks still missing.")
-    p.add_argument("checkpoint", help="Checkpoint, e.g. results/model/checkpoint_best.pt.")
+    p.add_argument("checkpoint", help="Checkpoint, e.g. results/model/checkpoint_best.pt, or "
+                                      "starter (the model that comes with unetpipe).")
     p.add_argument("store", help="Preprocessed store, e.g. results/preprocessed/NAME.ome.zarr.")
     p.add_argument("output", help="Output store, e.g. results/probabilities/NAME.ome.zarr.")
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -645,8 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "named in one line and skipped, and the run exits with "
                                    "status 1 at the end.")
     p.add_argument("model", metavar="MODEL",
-                   help="Trained model: a checkpoint (.pt) or a bioimage.io package (.zip) "
-                        "written by `unetpipe export`.")
+                   help="Trained model: a checkpoint (.pt), a bioimage.io package (.zip) "
+                        "written by `unetpipe export`, or starter (the model that comes with "
+                        "unetpipe; see `unetpipe info starter`).")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="Images (TIFF, Zarr, OME-Zarr; 2D or 3D), glob patterns, or folders "
                         "(their *.tif, *.tiff, *.zarr and *.ome.zarr).")
@@ -701,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "classes and weight-map settings, the training data "
                                    "(samples, spacing, channels, normalisation), the training "
                                    "run and the validation metrics.")
-    p.add_argument("checkpoint", help="Checkpoint, e.g. results/model/checkpoint_best.pt.")
+    p.add_argument("checkpoint", help="Checkpoint, e.g. results/model/checkpoint_best.pt, or "
+                                      "starter (the model that comes with unetpipe).")
     p.add_argument("--json", action="store_true", help="Print it as JSON.")
     p.set_defaults(func=cmd_info)
 
@@ -742,7 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "before it is put in place. unetpipe predicts with the "
                                    "package as with the checkpoint (unetpipe predict "
                                    "model.zip ...).")
-    p.add_argument("checkpoint", help="Checkpoint, e.g. results/model/checkpoint_best.pt.")
+    p.add_argument("checkpoint", help="Checkpoint, e.g. results/model/checkpoint_best.pt, or "
+                                      "starter (the model that comes with unetpipe).")
     p.add_argument("output", help="Package to write, e.g. results/model/model.zip.")
     p.add_argument("--image", metavar="PATH",
                    help="Raw image (TIFF, Zarr, OME-Zarr) to crop the test input from "
@@ -864,6 +869,21 @@ def _setup_logging(args: argparse.Namespace):
     return log_file
 
 
+MODEL_ARGUMENTS = {"predict": "checkpoint", "tune": "checkpoint", "info": "checkpoint",
+                   "export": "checkpoint", "apply": "model"}
+"""The argument of each command that names a model, which may be a built-in one."""
+
+
+def _builtin_models(args: argparse.Namespace) -> None:
+    """A built-in model's name (``starter``) given for a model becomes its file."""
+    from .nn.models import builtin_model, resolve_model
+
+    name = MODEL_ARGUMENTS.get(args.command)
+    value = getattr(args, name, None) if name else None
+    if value is not None and not os.path.exists(value) and builtin_model(value) is not None:
+        setattr(args, name, resolve_model(value))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unetpipe`` command; returns the exit status."""
     parser = build_parser()
@@ -872,6 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         with contextlib.ExitStack() as stack:
+            _builtin_models(args)
             _claims(args, stack)
             func(args)
     except UnetpipeError as e:

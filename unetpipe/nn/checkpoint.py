@@ -7,7 +7,8 @@ weights_only=True)``, which refuses any pickled object. It describes itself:
 ``format``, ``version``
     ``"unetpipe-checkpoint"`` and the layout version.
 ``model``
-    ``{"class": "UNet", "config": constructor arguments, "state_dict": ...}``.
+    ``{"class": "UNet", "config": constructor arguments, "state_dict": ...}``;
+    float16 weights (a smaller file) are read back as float32.
 ``normalization``
     How the training images were preprocessed (percentiles, clip), so that
     prediction can warn when new images are normalised differently.
@@ -138,6 +139,12 @@ def read_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
             and isinstance(model.get("state_dict"), dict)):
         raise InputError(path, "not a usable unetpipe checkpoint: its 'model' entry (class, "
                                "config, state_dict) is missing or incomplete")
+    # weights stored as float16 to save space (the shipped starter model) are
+    # trained and run as float32
+    state = model["state_dict"]
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+            state[key] = value.float()
     return ckpt
 
 

@@ -36,7 +36,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,10 +45,6 @@ from ..core.layout import SamplePaths, sample_paths
 from ..inputs.samples import sample_name
 
 log = logging.getLogger("unetpipe")
-
-BUILTIN_MODELS: dict[str, Callable[[], str]] = {}
-"""Model name -> a function returning the path of that model's checkpoint
-(for :func:`resolve_model`). Empty for now."""
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr")
 """What a folder given as input contributes (``.ome.tif`` and ``.ome.zarr`` included)."""
@@ -128,36 +124,6 @@ class ApplyResult:
 
 
 # --- what to run on ------------------------------------------------------------------
-
-
-def resolve_model(name_or_path: str | os.PathLike) -> str:
-    """The path of a model given by path or by the name of a built-in model.
-
-    Parameters
-    ----------
-    name_or_path : str or os.PathLike
-        A checkpoint (``.pt``), a bioimage.io package (``.zip``, its
-        ``rdf.yaml`` or unpacked folder), or a key of :data:`BUILTIN_MODELS`.
-        An existing path wins over a name.
-
-    Returns
-    -------
-    str
-
-    Raises
-    ------
-    InputError
-        Neither an existing path nor a built-in model's name.
-    """
-    given = os.fspath(name_or_path)
-    if os.path.exists(given):
-        return given
-    if given in BUILTIN_MODELS:
-        return os.fspath(BUILTIN_MODELS[given]())
-    known = ", ".join(sorted(BUILTIN_MODELS)) or "none yet"
-    raise InputError(given, f"no such model file, and not the name of a built-in model "
-                            f"(built-in: {known}); give a checkpoint (.pt) or a bioimage.io "
-                            "package (.zip) written by unetpipe")
 
 
 def _is_zarr(path: str) -> bool:
@@ -535,9 +501,9 @@ def apply_images(model: str | os.PathLike, inputs: Iterable[str | os.PathLike] |
 
     Parameters
     ----------
-    model : path
-        A checkpoint (``.pt``) or a bioimage.io package written by ``unetpipe
-        export`` (see :func:`resolve_model` for names).
+    model : path or str
+        A checkpoint (``.pt``), a bioimage.io package written by ``unetpipe
+        export``, or ``"starter"`` (:func:`unetpipe.nn.models.resolve_model`).
     inputs : path or iterable of paths
         Image files (TIFF, Zarr, OME-Zarr; 2D or 3D), glob patterns or
         folders; see :func:`collect_images`.
@@ -595,13 +561,13 @@ def apply_images(model: str | os.PathLike, inputs: Iterable[str | os.PathLike] |
     """
     from ..core.cluster import Execution
     from ..io.outputs import check_inputs, output_lock
-    from ..nn.models import load_checkpoint
+    from ..nn.models import load_checkpoint, resolve_model
     from .tune import read_tuned, segment_settings
 
     t0 = time.perf_counter()
     run = execution if execution is not None else Execution(progress=progress)
     run.check("predict")
-    model_path = os.fspath(model)
+    model_path = resolve_model(model)
     ckpt = load_checkpoint(model_path)
     cfg = dict(ckpt["model"]["config"])
     ndim = int(cfg["ndim"])
