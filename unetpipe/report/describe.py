@@ -84,6 +84,7 @@ def checkpoint_info(ckpt: Mapping, *, path: str | None = None) -> dict:
         "metrics": metrics,
         "bioimageio": dict(ckpt["bioimageio"]) if ckpt.get("bioimageio") else None,
         "segmentation": dict(ckpt["segment_params"]) if ckpt.get("segment_params") else None,
+        "starter": dict(ckpt["starter"]) if ckpt.get("starter") else None,
     }
 
 
@@ -139,6 +140,10 @@ def format_info(info: Mapping) -> str:
               f"  patch           {_shape(data['patch']) if data.get('patch') else 'n/a'}",
               f"  normalization   percentiles {norm.get('percentiles')}, clip "
               f"{norm.get('clip')}"]
+    init = data.get("init")
+    if isinstance(init, Mapping):
+        lines.append(f"  started from    {init.get('model')} (train.init; sha256 "
+                     f"{str(init.get('sha256'))[:12]})")
     seconds = training.get("seconds")
     lines += ["training",
               f"  iterations      {training.get('iteration')}"
@@ -164,7 +169,37 @@ def format_info(info: Mapping) -> str:
         lines.append(f"  kept by {metrics.get('val_select') or 'segmentation'}: mean AP "
                      f"{metrics['val_mean_ap']:.3f}")
     lines += _segmentation_lines(info.get("segmentation"))
+    lines += _starter_lines(info.get("starter"))
     return "\n".join(lines)
+
+
+def _starter_lines(recipe: Mapping | None) -> list[str]:
+    """How a built-in model was made (the ``starter`` entry), for :func:`format_info`."""
+    if not recipe:
+        return []
+    data, training = recipe.get("data") or {}, recipe.get("training") or {}
+    validation, targets = recipe.get("validation") or {}, recipe.get("targets") or {}
+    ranges = data.get("ranges") or {}
+    drawn = ", ".join(f"{k} {lo:g}-{hi:g}" + (" (log)" if law == "log" else "")
+                      for k, (law, lo, hi) in ranges.items())
+    return [f"built-in model '{recipe.get('name')}'",
+            f"  made by         {recipe.get('made_by')}, seed {data.get('seed')}",
+            f"  data            {data.get('train_images')} training and "
+            f"{data.get('val_images')} validation images of {_shape(data.get('shape') or [])}, "
+            f"synthetic nuclei ({data.get('generator')}), each with its own domain settings "
+            f"({data.get('domains')})",
+            f"  drawn from      {drawn}",
+            f"  targets         {targets.get('mode')}, w0 {targets.get('w0')}, sigma "
+            f"{targets.get('sigma_px')} pixels",
+            f"  training        {training.get('iterations')} iterations on "
+            f"{training.get('device')} in {(training.get('seconds') or 0) / 60:.0f} min, kept "
+            f"iteration {training.get('kept_iteration')}",
+            f"  validation      AP@0.5 {_num(validation.get('ap_0.5'))}, mean AP "
+            f"{_num(validation.get('mean_ap'))}; tuned settings mean AP "
+            f"{_num(validation.get('tuned_mean_ap'))} (built-in "
+            f"{_num(validation.get('defaults_mean_ap'))}), on the {validation.get('images')} "
+            "validation images",
+            f"  licence         {recipe.get('licence')}"]
 
 
 def _segmentation_lines(tuned: Mapping | None) -> list[str]:

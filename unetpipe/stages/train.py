@@ -519,6 +519,7 @@ def _set_up(train_stores, val_stores, out_dir, *, config: dict) -> _Run:
     torch.manual_seed(tcfg["seed"])
     model = UNet(**model_config)
     model_config = model.config  # normalised (explicit pooling list)
+    init = _initial_weights(tcfg.get("init"), model)
     model.to(device)
     if amp:
         model.to(memory_format=torch.channels_last if ndim == 2 else torch.channels_last_3d)
@@ -548,9 +549,13 @@ def _set_up(train_stores, val_stores, out_dir, *, config: dict) -> _Run:
         data_info["val_region"] = {"sample": val_images[0].name,
                                    "box": [list(b) for b in region["val"]],
                                    "train_box": [list(b) for b in region["train"]]}
+    if init is not None:
+        data_info["init"] = init["record"]
+        _check_init_normalisation(init, normalization)
     from .instances import describe_sources, resolve_params
 
-    segment, sources = resolve_params(config.get("segment", {}))
+    segment, sources = resolve_params(config.get("segment", {}),
+                                      None if init is None else init["tuned"])
     if tcfg["select"] == "segmentation" and val_images:
         log.info("train: validating by mean AP of the segmentation with %s",
                  describe_sources(segment, sources))
@@ -671,6 +676,83 @@ def _open_data(train_stores: list, val_stores: list,
             raise InputError(v.name, f"validation image of shape {v.image.shape} does not match "
                                      f"the training images ({first.channels} channel(s), {ndim}D)")
     return samples, val_images
+
+
+_INIT_KEYS = {
+    "ndim": "the training images' dimensionality",
+    "in_channels": "data.channels (the training images' channels)",
+    "out_channels": "targets.mode (2 classes: two_class, 3: three_class)",
+    "depth": "model.depth", "features": "model.features", "padding": "model.padding",
+    "norm": "model.norm", "pooling": "model.anisotropic and data.spacing (the pooling per level)",
+}
+"""The network settings a model to start from must share with the run, and
+where the run's come from. Dropout has no weights, so the config's is used."""
+
+
+def _initial_weights(init: str | None, model) -> dict | None:
+    """Load ``train.init``'s weights into ``model``; None without ``train.init``.
+
+    Returns
+    -------
+    dict or None
+        ``record`` (what the checkpoint notes: the model as given and its
+        sha256), ``tuned`` (its tuned segmentation settings, or None) and
+        ``normalization``.
+
+    Raises
+    ------
+    ConfigError
+        The model's network differs from the one the config and data ask for;
+        the message names every setting that differs, with both values.
+    InputError
+        The model cannot be opened.
+    """
+    if not init:
+        return None
+    from ..nn.checkpoint import SEGMENT_PARAMS
+    from ..nn.model import UNet
+    from ..nn.models import load_checkpoint, resolve_model
+    from .predict import model_sha256
+
+    path = resolve_model(init)
+    ckpt = load_checkpoint(path)
+    theirs = UNet(**ckpt["model"]["config"]).config
+    ours = model.config
+    differ = [k for k in _INIT_KEYS if theirs.get(k) != ours.get(k)]
+    if "depth" in differ or "ndim" in differ:
+        differ = [k for k in differ if k != "pooling"]  # follows from those
+    if differ:
+        parts = "; ".join(f"{k} {theirs.get(k)} in the model, {ours.get(k)} here (from "
+                          f"{_INIT_KEYS[k]})" for k in differ)
+        named = init if path == init else f"{init} ({path})"
+        raise ConfigError(f"config key 'train.init': {named} is a different network "
+                          f"from the one this run would train: {parts}. Fine-tuning starts "
+                          "from that model's network: set these to the model's values (see "
+                          f"`unetpipe info {init}`), or set train.init: null to train from "
+                          "random weights")
+    model.load_state_dict(ckpt["model"]["state_dict"])
+    tuned = (ckpt.get(SEGMENT_PARAMS) or {}).get("params")
+    log.info("train: starting from the weights of %s%s (trained %s iterations)", init,
+             "" if path == init else f" ({path})", ckpt.get("iteration", "?"))
+    # the name as given and the weights' digest, not where the file lies: a
+    # moved project resumes
+    return {"record": {"model": init, "sha256": model_sha256(path)},
+            "tuned": tuned if isinstance(tuned, dict) else None,
+            "normalization": ckpt.get("normalization") or {}}
+
+
+def _check_init_normalisation(init: dict, normalization: dict) -> None:
+    """Warn when the training images were normalised unlike the model's."""
+    theirs = init["normalization"]
+    if theirs.get("percentiles") is None:
+        return
+    mine = (list(normalization.get("percentiles") or []), bool(normalization.get("clip")))
+    if mine != (list(theirs["percentiles"]), bool(theirs.get("clip"))):
+        log.warning("train: the training images were preprocessed with percentiles %s%s, the "
+                    "model to start from (train.init) with %s%s; set preprocess.percentiles "
+                    "and preprocess.clip to the model's to start from what it knows",
+                    mine[0], " (clipped)" if mine[1] else "", list(theirs["percentiles"]),
+                    " (clipped)" if theirs.get("clip") else "")
 
 
 def _model_config(first: TrainingSample, mcfg: dict, tcfg: dict) -> tuple[dict, tuple]:

@@ -12,6 +12,7 @@ rule train:
         images=[preprocessed(name) for name in train_names()],
         targets=[targets_store(name) for name in train_names()],
         val=[preprocessed(name) for name in val_names()],
+        init=[INIT_MODEL] if INIT_MODEL else [],
     output:
         best=MODEL,
         history=layout.model_path(RESULTS, layout.HISTORY),
