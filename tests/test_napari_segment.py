@@ -325,3 +325,44 @@ def test_widget_takes_the_settings_tuned_for_the_checkpoint(make_napari_viewer, 
     widget.threshold.setValue(0.3)
     widget.checkpoint.setText(checkpoint + " ")
     assert widget.params() == SegmentParams(threshold=0.3)
+
+
+def test_widget_offers_the_workflows_model_and_the_starter(make_napari_viewer, qtbot, checkpoint,
+                                                            tmp_path, monkeypatch):
+    """The models on offer: the workflow's trained model (when the viewer runs in
+    the project folder) and the starter, which segments with its tuned settings."""
+    from unetpipe.nn.models import resolve_model
+
+    monkeypatch.chdir(tmp_path)  # no results/model here
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert [widget.checkpoint.itemText(i) for i in range(widget.checkpoint.count())] == [
+        "starter"]
+    assert widget.checkpoint.text() == "starter"
+    tuned = load_checkpoint("starter")["segment_params"]
+    assert widget.params() == SegmentParams(**tuned["params"])
+    assert widget.status.text().startswith("Settings tuned for this model")
+
+    image, truth = synthetic_nuclei((160, 160), seed=[5, 1])
+    viewer.add_image(image, name="nuclei")
+    widget.image.setCurrentText("nuclei")
+    widget.block.setValue(128)
+    with qtbot.waitSignal(widget.finished, timeout=90_000) as blocker:
+        widget.run_button.click()
+    assert blocker.args == [True], widget.status.text()
+    labels = np.asarray(viewer.layers["nuclei labels"].data)
+    direct = segment_layer_data(image, checkpoint=resolve_model("starter"),
+                                folder=tmp_path / "direct",
+                                params=SegmentParams(**tuned["params"]), block=128)
+    assert_array_equal(labels, np.asarray(direct.labels))
+    assert score(truth, labels).ap(0.5) > 0.8
+
+    # in a project folder, the workflow's (tuned) model comes first
+    model = tmp_path / "results" / "model"
+    model.mkdir(parents=True)
+    (model / "checkpoint_best.pt").write_bytes(open(checkpoint, "rb").read())
+    other = SegmentWidget(viewer)
+    assert [other.checkpoint.itemText(i) for i in range(other.checkpoint.count())] == [
+        str((model / "checkpoint_best.pt").resolve()), "starter"]
+    assert other.checkpoint.text() == str((model / "checkpoint_best.pt").resolve())

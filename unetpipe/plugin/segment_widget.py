@@ -1,4 +1,4 @@
-"""napari dock widget: segment an image layer with a trained checkpoint.
+"""napari dock widget: segment an image layer with a trained checkpoint or the starter model.
 
 The widget only collects settings and shows progress; the work is
 :func:`segment_layer_data`, the pipeline's own stages run on temporary
@@ -38,7 +38,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -129,6 +128,45 @@ def normalisation(ckpt: dict) -> tuple[tuple[float, float], bool]:
     return model_normalisation(ckpt)
 
 
+def offered_models(folder: str | os.PathLike = "results/model") -> list[str]:
+    """What the widget offers as models: the workflow's trained model below
+    ``folder`` (``checkpoint_tuned.pt``, else ``checkpoint_best.pt``), if any,
+    then the built-in models by name (``starter``)."""
+    from ..nn.models import BUILTIN_MODELS, builtin_model
+
+    offered = []
+    for name in ("checkpoint_tuned.pt", "checkpoint_best.pt"):
+        path = Path(os.fspath(folder)) / name
+        if path.is_file():
+            offered.append(str(path.resolve()))
+            break
+    offered += [name for name in BUILTIN_MODELS if builtin_model(name).is_file()]
+    return offered
+
+
+class _ModelBox(QComboBox):
+    """An editable list of models: pick one on offer, or type or browse a path.
+
+    ``text()``, ``setText()`` and ``textChanged`` work as a line edit's.
+    """
+
+    def __init__(self, offered: Sequence[str]):
+        super().__init__()
+        self.setEditable(True)
+        self.addItems(list(offered))
+        self.lineEdit().setPlaceholderText("checkpoint_best.pt, a .zip, or starter")
+        self.setToolTip("The model: the workflow's trained model, starter (trained on "
+                        "synthetic nuclei of many kinds; see `unetpipe info starter`), or "
+                        "any checkpoint (.pt) or bioimage.io package (.zip) of unetpipe")
+        self.textChanged = self.editTextChanged
+
+    def text(self) -> str:
+        return self.currentText()
+
+    def setText(self, text: str) -> None:
+        self.setEditText(text)
+
+
 def segment_layer_data(data, *, checkpoint: str | os.PathLike, folder: str | os.PathLike,
                        spacing: Sequence[float] | None = None, unit: str | None = None,
                        params: SegmentParams | None = None,
@@ -142,8 +180,10 @@ def segment_layer_data(data, *, checkpoint: str | os.PathLike, folder: str | os.
     data : array-like of shape S or (C, *S)
         Raw pixels (a napari layer's data); normalised here as preprocessing
         does, with the checkpoint's percentiles.
-    checkpoint : path
-        A checkpoint written by training.
+    checkpoint : path or str
+        A checkpoint written by training, a bioimage.io package written by
+        ``unetpipe export``, or ``"starter"``
+        (:func:`unetpipe.nn.models.resolve_model`).
     folder : path
         Where the temporary stores go (``image.ome.zarr``,
         ``probabilities.ome.zarr``, ``labels.ome.zarr``).
@@ -182,13 +222,14 @@ def segment_layer_data(data, *, checkpoint: str | os.PathLike, folder: str | os.
     import zarr
 
     from ..io.images import LazyImage
-    from ..nn.models import load_checkpoint
+    from ..nn.models import load_checkpoint, resolve_model
     from ..stages.predict import predict_store
     from ..stages.preprocess import preprocess_image
     from ..stages.segment import segment_store
 
     folder = Path(os.fspath(folder))
     params = SegmentParams() if params is None else params
+    checkpoint = resolve_model(checkpoint)
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["model"]["config"]
     pixels = model_input(data, cfg, name=name)
@@ -311,14 +352,9 @@ class SegmentWidget(QWidget):
         self._source = None  # the layer being segmented
 
         defaults = SegmentParams()
-        self.checkpoint = QLineEdit()
-        self.checkpoint.setPlaceholderText("checkpoint_best.pt")
-        # the workflow's model, tuned if the tune stage ran
-        for name in ("checkpoint_tuned.pt", "checkpoint_best.pt"):
-            best = Path("results/model") / name
-            if best.is_file():
-                self.checkpoint.setText(str(best.resolve()))
-                break
+        # the models on offer: the workflow's (tuned if the tune stage ran),
+        # then the built-in ones; any other file can be typed or browsed
+        self.checkpoint = _ModelBox(offered_models())
         self._extra: dict = {}  # tuned settings the form does not show (grow, h)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
@@ -353,7 +389,7 @@ class SegmentWidget(QWidget):
         self.checkpoint.textChanged.connect(self._load_tuned)
 
         form = QFormLayout()
-        form.addRow("Checkpoint", row)
+        form.addRow("Model", row)
         form.addRow("Image layer", self.image)
         form.addRow("Method", self.method)
         form.addRow("Seeds", self.seeds)
@@ -416,9 +452,12 @@ class SegmentWidget(QWidget):
         """Fill the form with the settings tuned for the checkpoint, if it holds any
         (``unetpipe tune``); True when it did. A checkpoint without them puts
         back the built-in defaults where the form showed another one's."""
+        from ..nn.models import builtin_model
         from ..stages.tune import read_tuned
 
         path = self.checkpoint.text().strip()
+        if path and not os.path.exists(path) and builtin_model(path) is not None:
+            path = os.fspath(builtin_model(path))
         tuned = None
         if path and os.path.isfile(path):
             try:
