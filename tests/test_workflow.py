@@ -102,6 +102,33 @@ def test_a_given_checkpoint_predicts_without_training(tmp_path):
                                       "report_runtimes": 1, "all": 1, "total": 11}
 
 
+def test_the_starter_segments_without_training_as_apply_does(tmp_path):
+    """predict.checkpoint: starter: no training, the starter's tuned settings, and
+    the labels `unetpipe apply starter` gives for the same image."""
+    config = {**TINY_BASE, "predict": {"checkpoint": "starter"}}
+    proc = snakemake(tmp_path, "--cores", "2", config=config)
+    assert proc.returncode == 0, proc.stderr
+    table = job_table(proc.stderr)
+    assert "train" not in table and "tune" not in table and table["predict"] == 1
+    res = tmp_path / "results"
+    assert not (res / "model").exists()
+    labels = read_labels(res / "labels/predict_000.ome.zarr").data.compute()
+    raw = tmp_path / "resources/demo/predict/images/predict_000.tif"
+    out = tmp_path / "applied"
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
+           + os.environ.get("PATH", "")}
+    done = subprocess.run(["unetpipe", "-q", "apply", "starter", str(raw), "--out", str(out)],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    applied = read_labels(out / "labels/predict_000.ome.zarr").data.compute()
+    assert labels.max() > 10
+    np.testing.assert_array_equal(labels, applied)
+    # and they are good: the demo's truth, scored as the workflow scored it
+    scores = json.loads((res / "metrics/predict_000.json").read_text())["scores"]
+    at_half = scores["per_threshold"][0]
+    assert at_half["iou_threshold"] == 0.5 and at_half["ap"] > 0.9, at_half
+
+
 @pytest.mark.slow
 def test_real_run_then_nothing_to_do(tmp_path):
     proc = snakemake(tmp_path, "--cores", "2", config=TINY)
