@@ -279,7 +279,7 @@ def test_widget_errors_are_one_line_notifications(make_napari_viewer, qtbot, che
     widget.checkpoint.setText(str(checkpoint) + ".missing")
     with qtbot.waitSignal(widget.finished, timeout=60_000):
         widget.run_button.click()
-    assert widget.status.text().endswith(".missing: checkpoint not found")
+    assert widget.status.text().endswith(".missing: no such model file")
 
 
 def test_widget_cancel_stops_the_run_without_layers(make_napari_viewer, qtbot, checkpoint):

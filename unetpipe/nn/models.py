@@ -42,8 +42,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     Raises
     ------
     InputError
-        Neither an existing path nor a built-in model's name, or a built-in
-        model missing from this installation.
+        Neither an existing path nor a built-in model's name (for a bare
+        name, the message lists the built-in models), or a built-in model
+        missing from this installation.
 
     Examples
     --------
@@ -61,6 +62,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
             raise InputError(path, f"the built-in model {given!r} is missing from this "
                                    "installation of unetpipe; reinstall it")
         return os.fspath(path)
+    if os.sep in given or "/" in given or os.path.splitext(given)[1]:
+        raise InputError(given, "no such model file")  # a path, not a name
     raise InputError(given, f"no such model file, and not the name of a built-in model "
                             f"(built-in: {', '.join(sorted(BUILTIN_MODELS))}); give a "
                             "checkpoint (.pt) or a bioimage.io package (.zip) written by "
