@@ -426,21 +426,28 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def work_folder(args, prefix: str = "") -> tuple[Path, dict]:
+    """The work folder (``--out``, or a new one under ``./shifted_domain_runs/``) and
+    the run's settings, recorded there; a folder holding other settings is refused."""
     if args.out is None:
         Path("shifted_domain_runs").mkdir(exist_ok=True)
-        args.out = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"),
+        args.out = Path(tempfile.mkdtemp(prefix=time.strftime(f"{prefix}%Y%m%d-%H%M%S-"),
                                          dir="shifted_domain_runs"))
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
-                if k != "out"}
+    settings = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in vars(args).items() if k != "out"}
     recorded = out / "settings.json"
     if recorded.exists() and json.loads(recorded.read_text()) != settings:
         sys.exit(f"{out} holds a run with other settings ({recorded}); choose another --out")
     recorded.write_text(json.dumps(settings, indent=1) + "\n")
     print(f"work folder: {out}", flush=True)
+    return out, settings
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out, settings = work_folder(args)
 
     rows, infos, seconds = [], {}, {}
     for domain in args.domains:
