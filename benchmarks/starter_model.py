@@ -30,7 +30,7 @@ used when ``--device`` finds one):
 
 Usage::
 
-    python benchmarks/starter_model.py --out starter_run [--n-train 64] [--n-val 8]
+    python benchmarks/starter_model.py --out starter_run [--n-train 96] [--n-val 8]
         [--iterations 14000] [--minutes 120] [--val-every 500] [--seed 0]
         [--device auto] [--threads 2] [--install unetpipe/models/starter_2d.pt]
 
@@ -146,7 +146,7 @@ def pack(tuned_path: Path, install: Path, recipe: dict) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="work folder")
-    parser.add_argument("--n-train", type=int, default=64)
+    parser.add_argument("--n-train", type=int, default=96)
     parser.add_argument("--n-val", type=int, default=8)
     parser.add_argument("--shape", type=int, nargs=2, default=(256, 256))
     parser.add_argument("--iterations", type=int, default=14000)
