@@ -122,6 +122,16 @@ def unetpipe(out: Path, name: str, *args, threads: int) -> None:
         sys.exit(f"failed ({proc.returncode}); see {log}")
 
 
+def portable(packed: dict) -> dict:
+    """The packed model without paths of the machine that made it: the tuned
+    settings name the checkpoint they were tuned for by file name only."""
+    tuned = dict(packed.get("segment_params") or {})
+    if tuned.get("checkpoint"):
+        tuned["checkpoint"] = os.path.basename(tuned["checkpoint"])
+        packed = {**packed, "segment_params": tuned}
+    return packed
+
+
 def pack(tuned_path: Path, install: Path, recipe: dict) -> dict:
     """The shipped starter: weights as float16, no resuming state, the recipe inside."""
     import torch
@@ -136,6 +146,7 @@ def pack(tuned_path: Path, install: Path, recipe: dict) -> dict:
     state = {k: (v.half() if v.is_floating_point() else v)
              for k, v in ckpt["model"]["state_dict"].items()}
     packed["model"] = {**ckpt["model"], "state_dict": state}
+    packed = portable(packed)
     packed["starter"] = plain(recipe)
     install.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(packed, install)
