@@ -876,12 +876,11 @@ MODEL_ARGUMENTS = {"predict": "checkpoint", "tune": "checkpoint", "info": "check
 
 def _builtin_models(args: argparse.Namespace) -> None:
     """A built-in model's name (``starter``) given for a model becomes its file."""
-    from .nn.models import builtin_model, resolve_model
+    from .nn.models import named_model
 
     name = MODEL_ARGUMENTS.get(args.command)
-    value = getattr(args, name, None) if name else None
-    if value is not None and not os.path.exists(value) and builtin_model(value) is not None:
-        setattr(args, name, resolve_model(value))
+    if name:
+        setattr(args, name, named_model(getattr(args, name, None)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

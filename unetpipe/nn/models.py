@@ -25,6 +25,23 @@ def builtin_model(name: str) -> Path | None:
     return None if file is None else MODELS_DIR / file
 
 
+def named_model(value):
+    """``value`` with a built-in model's name replaced by that model's file.
+
+    A file of that name wins; anything else (a path, None, an unknown name)
+    comes back as given, for the caller's own checks.
+
+    Examples
+    --------
+    >>> named_model("starter").endswith("starter_2d.pt"), named_model("mine.pt"), named_model(None)
+    (True, 'mine.pt', None)
+    """
+    if value is None or os.path.exists(os.fspath(value)):
+        return value
+    path = builtin_model(value)
+    return value if path is None else os.fspath(path)
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> str:
     """The path of a model given by path or by the name of a built-in model.
 

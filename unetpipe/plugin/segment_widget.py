@@ -452,12 +452,10 @@ class SegmentWidget(QWidget):
         """Fill the form with the settings tuned for the checkpoint, if it holds any
         (``unetpipe tune``); True when it did. A checkpoint without them puts
         back the built-in defaults where the form showed another one's."""
-        from ..nn.models import builtin_model
+        from ..nn.models import named_model
         from ..stages.tune import read_tuned
 
-        path = self.checkpoint.text().strip()
-        if path and not os.path.exists(path) and builtin_model(path) is not None:
-            path = os.fspath(builtin_model(path))
+        path = named_model(self.checkpoint.text().strip())
         tuned = None
         if path and os.path.isfile(path):
             try:

@@ -28,7 +28,7 @@ from unetpipe.cli import (  # noqa: E402
     TRAIN_QUALIFIED,
     TUNE_KEYS,
 )
-from unetpipe.nn.models import builtin_model  # noqa: E402
+from unetpipe.nn.models import named_model  # noqa: E402
 from unetpipe.core import layout  # noqa: E402
 from unetpipe.core.config import cli_args, coerce_strings, validate_config  # noqa: E402
 from unetpipe.core.errors import ConfigError  # noqa: E402
@@ -100,22 +100,14 @@ def tuning():
     return bool(config["tune"]["enabled"] and train_names() and not config["predict"]["checkpoint"])
 
 
-def model_file(value):
-    """A model setting as a file: a built-in model's name (starter) becomes its
-    file in the package, unless a file of that name exists; None stays None."""
-    if not value or os.path.exists(value):
-        return value
-    path = builtin_model(value)
-    return os.fspath(path) if path is not None else value
-
-
-# the checkpoint prediction uses: a given one (or starter), or the one the
-# workflow trains (tuned, so that its probability stores carry the tuned settings)
-CHECKPOINT = model_file(config["predict"]["checkpoint"]) or (
+# the checkpoint prediction uses: a given one (starter: the package's file), or
+# the one the workflow trains (tuned, so that its probability stores carry the
+# tuned settings)
+CHECKPOINT = named_model(config["predict"]["checkpoint"]) or (
     TUNED_MODEL if tuning() else MODEL
 )
 # the weights training starts from (train.init), a file the train rule depends on
-INIT_MODEL = model_file(config["train"]["init"])
+INIT_MODEL = named_model(config["train"]["init"])
 
 
 def predict_names():
