@@ -1,6 +1,7 @@
 # unetpipe: U-Net segmentation of cells and nuclei, from raw images to
 # instance labels. Run `snakemake --cores N`; see README.md.
 
+
 configfile: "config.yaml"
 
 
@@ -29,6 +30,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True

@@ -103,9 +103,7 @@ def tuning():
 # the checkpoint prediction uses: a given one (starter: the package's file), or
 # the one the workflow trains (tuned, so that its probability stores carry the
 # tuned settings)
-CHECKPOINT = named_model(config["predict"]["checkpoint"]) or (
-    TUNED_MODEL if tuning() else MODEL
-)
+CHECKPOINT = named_model(config["predict"]["checkpoint"]) or (TUNED_MODEL if tuning() else MODEL)
 # the weights training starts from (train.init), a file the train rule depends on
 INIT_MODEL = named_model(config["train"]["init"])
 
@@ -129,8 +127,9 @@ def remote_workers(stage):
     SLURMCluster, or a running dask.distributed scheduler), so that its own
     job only drives them: one core, modest memory, no GPU."""
     cfg = config[stage]
-    return cfg["scheduler"] == "slurm" or (cfg["scheduler"] == "distributed"
-                                           and bool(cfg["address"]))
+    return cfg["scheduler"] == "slurm" or (
+        cfg["scheduler"] == "distributed" and bool(cfg["address"])
+    )
 
 
 def dask_slurm_args(stage):
@@ -155,8 +154,11 @@ SUMMARY = f"{RESULTS}/metrics/{layout.SUMMARY}"
 
 def evaluate_names():
     """Samples to segment that have ground truth and were not trained on."""
-    return [name for name in predict_names()
-            if SAMPLES[name].labels and "train" not in SAMPLES[name].roles]
+    return [
+        name
+        for name in predict_names()
+        if SAMPLES[name].labels and "train" not in SAMPLES[name].roles
+    ]
 
 
 REPORT = f"{RESULTS}/{layout.REPORT_DIR}"
@@ -195,8 +197,11 @@ def benchmark_templates():
     """RULE=PATH of every rule's benchmark file, so the runtime table names rules
     exactly (summarize writes to benchmarks/evaluate/, for one)."""
     # without the wildcard constraints, which list every sample name
-    return [f"{r.name}={strip_wildcard_constraints(str(r.benchmark))}"
-            for r in workflow.rules if r.benchmark]
+    return [
+        f"{r.name}={strip_wildcard_constraints(str(r.benchmark))}"
+        for r in workflow.rules
+        if r.benchmark
+    ]
 
 
 def all_outputs(*, runtimes=True):

@@ -13,12 +13,12 @@ rule evaluate:
         f"{RESULTS}/logs/evaluate/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{sample}}.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        ENV
     shell:
         "unetpipe --log {log:q} evaluate {input.labels:q} {input.truth:q} {output:q}"
         " --sample {wildcards.sample:q} --threads {threads}"
@@ -33,11 +33,11 @@ rule summarize:
         f"{RESULTS}/logs/evaluate/summary.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/summary.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        ENV
     shell:
         "unetpipe --log {log:q} summarize {output:q} {input:q}"

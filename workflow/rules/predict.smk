@@ -25,16 +25,16 @@ rule predict:
         f"{RESULTS}/logs/predict/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{sample}}.tsv"
-    params:
-        args=cli_args(config, PREDICT_KEYS),
-        cluster=dask_slurm_args("predict"),
+    conda:
+        ENV
     threads: 1 if remote_workers("predict") else 8
     resources:
         mem_mb=4000 if remote_workers("predict") else 8000,
         runtime=predict_runtime(),
         gpu=0 if remote_workers("predict") else 1,
-    conda:
-        ENV
+    params:
+        args=cli_args(config, PREDICT_KEYS),
+        cluster=dask_slurm_args("predict"),
     shell:
         "unetpipe --log {log:q} predict {input.checkpoint:q} {input.image:q} {output:q}"
         " {params.args} {params.cluster} --threads {threads}"

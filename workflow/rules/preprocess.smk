@@ -11,15 +11,15 @@ rule preprocess:
         f"{RESULTS}/logs/preprocess/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/preprocess/{{sample}}.tsv"
-    params:
-        labels=preprocess_labels_option,
-        args=cli_args(config, PREPROCESS_KEYS),
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        labels=preprocess_labels_option,
+        args=cli_args(config, PREPROCESS_KEYS),
     shell:
         "unetpipe --log {log:q} preprocess {input.image:q} {output:q} {params.labels}"
         " {params.args} --threads {threads}"

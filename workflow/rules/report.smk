@@ -20,14 +20,14 @@ rule report_overlay:
         f"{RESULTS}/logs/report/overlay/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/report/overlay/{{sample}}.tsv"
-    params:
-        options=report_options,
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
-    conda:
-        ENV
+    params:
+        options=report_options,
     shell:
         "unetpipe --log {log:q} report overlay {input.image:q} {input.labels:q} {output:q}"
         " --sample {wildcards.sample:q} {params.options}"
@@ -49,14 +49,14 @@ rule report_weightmap:
         f"{RESULTS}/logs/report/weightmap.log",
     benchmark:
         f"{RESULTS}/benchmarks/report/weightmap.tsv"
-    params:
-        sample=weightmap_sample(),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
-    conda:
-        ENV
+    params:
+        sample=weightmap_sample(),
     shell:
         "unetpipe --log {log:q} report weightmap {input.targets:q} {input.image:q} {output:q}"
         " --sample {params.sample:q}"
@@ -76,12 +76,12 @@ rule report_metrics:
         f"{RESULTS}/logs/report/metrics.log",
     benchmark:
         f"{RESULTS}/benchmarks/report/metrics.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        ENV
     shell:
         "unetpipe --log {log:q} report metrics {input:q} {output:q}"
 
@@ -98,15 +98,15 @@ rule report_config:
         f"{RESULTS}/logs/report/config.log",
     benchmark:
         f"{RESULTS}/benchmarks/report/config.tsv"
-    params:
-        # the config itself: a changed config makes the page again
-        config=json.dumps(config, default=str),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        # the config itself: a changed config makes the page again
+        config=json.dumps(config, default=str),
     shell:
         "unetpipe --log {log:q} report config {output:q} --json {params.config:q}"
 
@@ -132,15 +132,15 @@ rule report_runtimes:
         f"{RESULTS}/logs/report/runtimes.log",
     benchmark:
         f"{RESULTS}/benchmarks/report/runtimes.tsv"
-    params:
-        benchmarks=lambda wildcards: f"{RESULTS}/benchmarks",
-        rules=lambda wildcards: benchmark_templates(),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        benchmarks=lambda wildcards: f"{RESULTS}/benchmarks",
+        rules=lambda wildcards: benchmark_templates(),
     shell:
         "unetpipe --log {log:q} report runtimes {params.benchmarks:q} {output.html:q}"
         " {output.png:q} --rule {params.rules:q}"

@@ -21,15 +21,15 @@ rule segment:
         f"{RESULTS}/logs/segment/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/segment/{{sample}}.tsv"
-    params:
-        args=cli_args(config, SEGMENT_KEYS),
-        cluster=dask_slurm_args("segment"),
+    conda:
+        ENV
     threads: 4
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        ENV
+    params:
+        args=cli_args(config, SEGMENT_KEYS),
+        cluster=dask_slurm_args("segment"),
     shell:
         "unetpipe --log {log:q} segment {input.probabilities:q} {output.labels:q}"
         " --table {output.table:q} --image {input.image:q} {params.args} {params.cluster}"

@@ -11,13 +11,13 @@ rule targets:
         f"{RESULTS}/logs/targets/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/targets/{{sample}}.tsv"
-    params:
-        args=cli_args(config, TARGETS_KEYS),
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        args=cli_args(config, TARGETS_KEYS),
     shell:
         "unetpipe --log {log:q} targets {input:q} {output:q} {params.args} --threads {threads}"

@@ -25,19 +25,19 @@ rule train:
         f"{RESULTS}/logs/train.log",
     benchmark:
         f"{RESULTS}/benchmarks/train.tsv"
+    conda:
+        ENV
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=train_runtime(),
+        gpu=1,
     params:
         out=lambda wildcards, output: os.path.dirname(output.best),
         args=cli_args(config, TRAIN_KEYS, qualified=TRAIN_QUALIFIED),
         val=lambda wildcards, input: (
             "--val-images " + " ".join(shlex.quote(v) for v in input.val) if input.val else ""
         ),
-    threads: 8
-    resources:
-        mem_mb=8000,
-        runtime=train_runtime(),
-        gpu=1,
-    conda:
-        ENV
     shell:
         "unetpipe --log {log:q} train {params.out:q} --train-images {input.images:q}"
         " --train-targets {input.targets:q} {params.val} {params.args} --threads {threads}"

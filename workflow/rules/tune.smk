@@ -19,18 +19,20 @@ rule tune:
         f"{RESULTS}/logs/tune.log",
     benchmark:
         f"{RESULTS}/benchmarks/tune.tsv"
-    params:
-        args=cli_args(config, TUNE_KEYS),
-        stores=lambda wildcards, input: " ".join(
-            [f"--val-images {' '.join(map(shlex.quote, input.val))}" if input.val else "",
-             f"--train-images {' '.join(map(shlex.quote, input.train))}" if input.train else ""]
-        ),
+    conda:
+        ENV
     threads: 4
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        ENV
+    params:
+        args=cli_args(config, TUNE_KEYS),
+        stores=lambda wildcards, input: " ".join(
+            [
+                f"--val-images {' '.join(map(shlex.quote, input.val))}" if input.val else "",
+                f"--train-images {' '.join(map(shlex.quote, input.train))}" if input.train else "",
+            ]
+        ),
     shell:
         "unetpipe --log {log:q} tune {input.checkpoint:q} {output.checkpoint:q}"
         " --params {output.params:q} {params.stores} {params.args} --threads {threads}"
@@ -50,11 +52,11 @@ rule report_tune:
         f"{RESULTS}/logs/report/tune.log",
     benchmark:
         f"{RESULTS}/benchmarks/report/tune.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        ENV
     shell:
         "unetpipe --log {log:q} report tune {input:q} {output:q}"
