@@ -6,6 +6,7 @@ replaces them with Markdown made from the argparse parser
 (:func:`unetpipe.cli.build_parser`) and from the config schema
 (:func:`unetpipe.core.config.load_schema`), so the pages cannot drift from the
 code. ``python docs/hooks/reference.py cli|config`` prints what it generates.
+The footer names the version, ``unetpipe.__version__``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 # the checkout's package, as the workflow does (common.smk), not another installed copy
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from unetpipe import __version__
 from unetpipe.cli import build_parser
 from unetpipe.core.config import load_schema
 
@@ -27,6 +29,12 @@ CONFIG_MARKER = "<!-- unetpipe:config -->"
 CONFIG_PAGE = "configuration.md"
 # the usage lines wrap at this width whatever the terminal's
 WIDTH = 90
+
+
+def on_config(config, **kwargs):
+    # the version from its one source, not repeated in mkdocs.yml
+    config["copyright"] = f"unetpipe {__version__}. {config['copyright'] or ''}".strip()
+    return config
 
 
 def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
