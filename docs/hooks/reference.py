@@ -27,8 +27,8 @@ from unetpipe.core.config import load_schema
 CLI_MARKER = "<!-- unetpipe:cli -->"
 CONFIG_MARKER = "<!-- unetpipe:config -->"
 CONFIG_PAGE = "configuration.md"
-# the usage lines wrap at this width whatever the terminal's
-WIDTH = 90
+# the usage lines wrap at this width whatever the terminal's (a code block's width)
+WIDTH = 78
 
 
 def on_config(config, **kwargs):
@@ -47,11 +47,21 @@ def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
 
 
 def text(value: str) -> str:
-    """Plain text (a help string, a schema description) as Markdown that shows it as is."""
-    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    for char in "\\`*_[]":
-        value = value.replace(char, "\\" + char)
-    return value
+    """Plain text (a help string, a schema description) as Markdown that shows it as
+    is, except that text between a pair of backticks shows as code, as it is meant."""
+    parts = value.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: all of it is plain text
+        parts = [value]
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(code(part))
+            continue
+        part = part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        for char in "\\`*_[]":
+            part = part.replace(char, "\\" + char)
+        out.append(part)
+    return "".join(out)
 
 
 def code(value: str) -> str:
