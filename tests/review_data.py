@@ -10,6 +10,7 @@ import zarr
 from scipy import ndimage as ndi
 
 from unetpipe.core import layout
+from unetpipe.io import ngff
 from unetpipe.io.images import write_ome_zarr
 from unetpipe.stages.measure import measure_store, write_table
 
@@ -47,8 +48,10 @@ def probabilities_of(lab, seed=0):
     return (p / p.sum(0, keepdims=True)).astype(np.float32)
 
 
-def make_results(root, lab, *, sample="cells", chunks=None, spacing=None, levels=0):
-    """A results folder as the workflow writes it for one sample."""
+def make_results(root, lab, *, sample="cells", chunks=None, spacing=None, levels=0,
+                 version="0.5"):
+    """A results folder as the workflow writes it for one sample (its stores in
+    NGFF ``version``; the tests name chunk files as Zarr format 3 does by default)."""
     results = Path(root) / "results"
     ndim = lab.ndim
     spacing = spacing or [1.0] * ndim
@@ -58,11 +61,11 @@ def make_results(root, lab, *, sample="cells", chunks=None, spacing=None, levels
     image = (rng.uniform(0, 0.3, lab.shape) + 0.6 * (lab > 0)).astype(np.float32)[None]
     paths = layout.sample_paths(results, sample)
     write_ome_zarr(paths.image, image, axes="c" + "zyx"[-ndim:], spacing=spacing, unit=unit,
-                   chunks=chunks)
+                   chunks=chunks, version=version)
     write_ome_zarr(paths.probabilities, probabilities_of(lab), axes="c" + "zyx"[-ndim:],
-                   spacing=spacing, unit=unit, chunks=chunks)
+                   spacing=spacing, unit=unit, chunks=chunks, version=version)
     write_ome_zarr(paths.labels, lab, axes="zyx"[-ndim:], spacing=spacing, unit=unit,
-                   chunks=chunks, levels=levels, name="labels")
+                   chunks=chunks, levels=levels, name="labels", version=version)
     root = zarr.open_group(str(paths.labels), mode="r+")
     for level in range(1, levels + 1):  # write_ome_zarr averages; labels are subsampled
         step = tuple(round(a / b) for a, b in zip(lab.shape, root[str(level)].shape, strict=True))
@@ -79,7 +82,7 @@ def chunk_files(store_path):
     for dirpath, _, files in os.walk(store_path):
         for f in files:
             p = Path(dirpath) / f
-            if f != "zarr.json":
+            if f not in ngff.METADATA_FILES:
                 st = p.stat()
                 out[p.relative_to(store_path).as_posix()] = (p.read_bytes(), st.st_ino,
                                                              st.st_mtime_ns)

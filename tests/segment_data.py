@@ -2,10 +2,10 @@
 comparison: shared by the segmentation, reader and widget tests."""
 
 import numpy as np
-import zarr
 from numpy.testing import assert_array_equal
 from scipy import ndimage as ndi
 
+from unetpipe.io import ngff
 from unetpipe.io.images import set_multiscale_metadata
 from unetpipe.stages.weights import targets_for_mode
 
@@ -21,13 +21,22 @@ def probabilities_from_labels(labels, mode="three_class", sigma=1.0, noise=0.1, 
     return (p / p.sum(0, keepdims=True)).astype(np.float32)
 
 
-def write_probabilities(path, probs, *, spacing=None, chunks=None):
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+def write_probabilities(path, probs, *, spacing=None, chunks=None, version="0.5", origin=None,
+                        attrs=None):
+    """Probabilities as a store in NGFF ``version``, placed at ``origin``; ``attrs``
+    (e.g. the preprocessed image as ``source``) go under ``unetpipe``, and their
+    ``classes`` name the channels, as predict writes them."""
+    root = ngff.new_group(path, version)
     spatial = "zyx"[-(probs.ndim - 1):]
-    root.create_array("0", data=probs, chunks=(probs.shape[0], *(chunks or probs.shape[1:])))
+    ngff.create_array(root, "0", shape=probs.shape, dtype=probs.dtype, axes="c" + spatial,
+                      chunks=(probs.shape[0], *(chunks or probs.shape[1:])))[...] = probs
     set_multiscale_metadata(root, axes="c" + spatial, unit="micrometer" if spacing else None,
                             scales=[[1.0, *(spacing or [1.0] * (probs.ndim - 1))]],
-                            name="probabilities")
+                            translations=[[0.0, *origin]] if origin is not None else None,
+                            name="probabilities",
+                            channel_names=(attrs or {}).get("classes"))
+    if attrs is not None:
+        root.attrs["unetpipe"] = {"stage": "predict", **attrs}
     return path
 
 

@@ -8,9 +8,11 @@ import tifffile
 import zarr
 
 from unetpipe.core.errors import InputError
+from unetpipe.io import ngff
 from unetpipe.io.images import (
     atomic_output,
     default_chunks,
+    ngff_metadata,
     read_image,
     read_labels,
     write_ome_zarr,
@@ -213,37 +215,52 @@ def test_bioformats2raw_layout(tmp_path, rng):
     [("cyx", (1, 70, 90), (0.5, 0.25)), ("czyx", (2, 9, 70, 90), (2.0, 0.5, 0.5)),
      ("zyx", (9, 70, 90), (1.0, 1.0, 1.0)), ("yx", (70, 90), (0.3, 0.3))],
 )
-def test_ome_zarr_round_trip(tmp_path, rng, axes, shape, spacing):
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_round_trip(tmp_path, rng, axes, shape, spacing, version):
     data = rng.random(shape, dtype=np.float32)
     labels = {"gt": (rng.random(shape[-3:] if "z" in axes else shape[-2:]) * 5).astype(np.uint16)}
     spatial = axes.replace("c", "")
     chunks = (4, 32, 32) if "z" in axes else (32, 32)
     path = write_ome_zarr(tmp_path / "img.ome.zarr", data, axes=axes, spacing=spacing,
-                          unit="micrometer", chunks=chunks, levels=1, name="img", labels=labels)
+                          unit="micrometer", chunks=chunks, levels=1, name="img", labels=labels,
+                          version=version)
     image = read_image(path)
     assert image.axes == axes
     assert image.spacing == pytest.approx(spacing)
     np.testing.assert_array_equal(image.data.compute(), data)
     root = zarr.open_group(str(path), mode="r")
-    ome = root.attrs["ome"]
-    assert ome["version"] == "0.5"
+    assert root.metadata.zarr_format == (2 if version == "0.4" else 3)
+    if version == "0.5":  # the metadata under "ome", with the version
+        assert root.attrs["ome"]["version"] == "0.5"
+        ome = root.attrs["ome"]
+    else:  # top-level attributes; the version in each multiscale
+        assert "ome" not in root.attrs
+        ome = dict(root.attrs)
+        assert ome["multiscales"][0]["version"] == "0.4"
     ms = ome["multiscales"][0]
+    assert ms["type"] == "mean"
     assert [a["name"] for a in ms["axes"]] == list(axes)
     assert [d["path"] for d in ms["datasets"]] == ["0", "1"]
     level1 = ms["datasets"][1]["coordinateTransformations"][0]["scale"]
     yi = axes.index("y")
     assert level1[yi] == pytest.approx(2 * spacing[spatial.index("y")])
     assert root["0"].chunks[-2:] == (32, 32)
-    assert root["0"].metadata.dimension_names == tuple(axes)
+    if version == "0.5":
+        assert root["0"].metadata.dimension_names == tuple(axes)
+    else:
+        assert root["0"].attrs["_ARRAY_DIMENSIONS"] == list(axes)
+        assert root["0"].metadata.dimension_separator == "/"
     # the label image: NGFF image-label metadata and nearest-neighbour pyramid
     lab = read_labels(path / "labels" / "gt")
     assert lab.axes == spatial and lab.spacing == pytest.approx(spacing)
     np.testing.assert_array_equal(lab.data.compute(), labels["gt"])
-    assert root["labels"].attrs["ome"]["labels"] == ["gt"]
-    assert root["labels/gt"].attrs["ome"]["image-label"]["source"]["image"] == "../../"
+    assert ngff_metadata(root["labels"].attrs)["labels"] == ["gt"]
+    label_meta = ngff_metadata(root["labels/gt"].attrs)
+    assert label_meta["image-label"]["source"]["image"] == "../../"
+    assert label_meta["multiscales"][0]["type"] == "nearest"
     lev1 = np.asarray(root["labels/gt/1"])
     scales = [d["coordinateTransformations"][0]["scale"]
-              for d in root["labels/gt"].attrs["ome"]["multiscales"][0]["datasets"]]
+              for d in label_meta["multiscales"][0]["datasets"]]
     steps = [round(b / a) for a, b in zip(scales[0], scales[1], strict=True)]
     # y and x are halved; z only while it is finer than y and x
     assert steps == [2 if a in "yx" or spacing[i] < 2 * spacing[-1] else 1
@@ -252,20 +269,62 @@ def test_ome_zarr_round_trip(tmp_path, rng, axes, shape, spacing):
     np.testing.assert_array_equal(lev1, labels["gt"][sl])
 
 
-def test_ome_zarr_is_valid_for_the_reference_readers(tmp_path, rng):
-    ome_zarr_models = pytest.importorskip("ome_zarr_models.v05")
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_is_valid_for_the_reference_readers(tmp_path, rng, version):
     reader = pytest.importorskip("ome_zarr.reader")
     ome_io = pytest.importorskip("ome_zarr.io")
     data = rng.random((1, 6, 64, 80), dtype=np.float32)
     path = write_ome_zarr(tmp_path / "x.ome.zarr", data, axes="czyx", spacing=(2.0, 0.5, 0.5),
                           unit="micrometer", chunks=(3, 32, 32), levels=1,
-                          labels={"gt": np.ones((6, 64, 80), np.uint16)})
-    group = zarr.open_group(str(path), mode="r")
-    ome_zarr_models.Image.from_zarr(group)  # raises if the metadata break the spec
+                          labels={"gt": np.ones((6, 64, 80), np.uint16)}, version=version,
+                          channel_names=["dapi"])
+    image = ngff.validate(path)  # raises if metadata or arrays break the spec
+    assert type(image).__name__ == "Image"
+    assert type(image).__module__.startswith(f"ome_zarr_models.v0{version[-1]}")
+    assert type(ngff.validate(path / "labels" / "gt")).__name__ == "ImageLabel"
     nodes = list(reader.Reader(ome_io.parse_url(str(path)))())
     assert [d.shape for d in nodes[0].data] == [(1, 6, 64, 80), (1, 6, 32, 40)]
     scale = nodes[0].metadata["coordinateTransformations"][0][0]["scale"]
     assert scale == [1.0, 2.0, 0.5, 0.5]
+    assert nodes[0].metadata["channel_names"] == ["dapi"]
+
+
+def test_a_bad_ngff_version_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"io.ngff_version"):
+        write_ome_zarr(tmp_path / "x.ome.zarr", np.zeros((8, 8), np.float32), axes="yx",
+                       spacing=(1, 1), version="0.6")
+    assert not (tmp_path / "x.ome.zarr").exists()
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_translation_is_read_and_written(tmp_path, rng, version):
+    """An OME-Zarr's translation is the image's origin; its levels keep their pixels'
+    centres where they are (a mean sits between the pixels it averages)."""
+    data = rng.random((1, 64, 80), dtype=np.float32)
+    path = write_ome_zarr(tmp_path / "t.ome.zarr", data, axes="cyx", spacing=(0.5, 0.25),
+                          unit="micrometer", levels=1, origin=(100.0, -3.0), version=version,
+                          labels={"gt": np.ones((64, 80), np.uint8)})
+    image = read_image(path)
+    assert image.origin == pytest.approx((100.0, -3.0))
+    assert read_labels(path / "labels" / "gt").origin == pytest.approx((100.0, -3.0))
+    ms = ngff_metadata(zarr.open_group(str(path), mode="r").attrs)["multiscales"][0]
+    transforms = [{t["type"]: t[t["type"]] for t in d["coordinateTransformations"]}
+                  for d in ms["datasets"]]
+    assert transforms[1]["scale"] == [1.0, 1.0, 0.5]
+    assert transforms[1]["translation"] == pytest.approx([0.0, 100.25, -2.875])
+    ngff.validate(path)
+    # a translation in nanometres, read in micrometres; none at all reads as zero
+    root = zarr.open_group(str(tmp_path / "nm.ome.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", shape=(8, 8), dtype=np.uint8, chunks=(8, 8))
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": a, "type": "space", "unit": "nanometer"} for a in "yx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [100, 100]}, {"type": "translation",
+                                                      "translation": [2000, 500]}]}]}]
+    image = read_image(tmp_path / "nm.ome.zarr")
+    assert image.spacing == pytest.approx((0.1, 0.1))
+    assert image.origin == pytest.approx((2.0, 0.5))
+    assert read_image(tmp_path / "t.ome.zarr" / "0").origin == (0.0, 0.0)
 
 
 def test_ngff_04_zarr_v2_is_read(tmp_path, rng):
@@ -397,7 +456,7 @@ def test_pyramid_of_a_short_stack_never_halves_z_below_one_plane(tmp_path, nz):
     path = write_ome_zarr(tmp_path / "s.ome.zarr", data, axes="czyx", spacing=(1, 1, 1),
                           levels=3)
     root = zarr.open_group(str(path), mode="r")
-    shapes = [root[d["path"]].shape for d in root.attrs["ome"]["multiscales"][0]["datasets"]]
+    shapes = [root[d["path"]].shape for d in ngff_metadata(root.attrs)["multiscales"][0]["datasets"]]
     assert len(shapes) == 4
     assert all(s[1] >= 1 for s in shapes)
     assert [s[2] for s in shapes] == [256, 128, 64, 32]
@@ -408,9 +467,14 @@ def test_default_chunks_are_capped():
     assert default_chunks((10, 300, 200)) == (10, 256, 200)
 
 
-def test_metadata_is_json(tmp_path):
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_metadata_is_json(tmp_path, version):
     path = write_ome_zarr(tmp_path / "m.ome.zarr", np.zeros((1, 16, 16), np.float32), axes="cyx",
-                          spacing=(1, 1), attrs={"source": "x.tif"})
-    meta = json.loads((path / "zarr.json").read_text())
-    assert meta["attributes"]["unetpipe"] == {"source": "x.tif"}
-    assert meta["attributes"]["ome"]["multiscales"][0]["axes"][1] == {"name": "y", "type": "space"}
+                          spacing=(1, 1), attrs={"source": "x.tif"}, version=version)
+    if version == "0.5":
+        attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+        ome = attrs["ome"]
+    else:
+        attrs = ome = json.loads((path / ".zattrs").read_text())
+    assert attrs["unetpipe"] == {"source": "x.tif"}
+    assert ome["multiscales"][0]["axes"][1] == {"name": "y", "type": "space"}

@@ -16,7 +16,7 @@ from unetpipe.core.cluster import Execution
 from unetpipe.core.config import validate_config
 from unetpipe.core.errors import UnetpipeError
 from unetpipe.inputs.synth import synthetic_nuclei, touching_pairs
-from unetpipe.io.images import read_image, write_ome_zarr
+from unetpipe.io.images import ngff_metadata, read_image, write_ome_zarr
 from unetpipe.nn.checkpoint import FORMAT, VERSION, build_model, save_checkpoint
 from unetpipe.nn.model import UNet
 from unetpipe.nn.models import load_checkpoint
@@ -166,7 +166,7 @@ def test_a_3d_stack_with_an_anisotropic_calibrated_layer_scale(checkpoint_3d, tm
     assert out.folder == str(tmp_path)  # lazy, on the stores
     probs = zarr.open_group(str(tmp_path / "probabilities.ome.zarr"), mode="r")
     assert probs["0"].chunks == (2, 16, 16, 16)  # the int block: y, x and z (up to 64)
-    scale = probs.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    scale = ngff_metadata(probs.attrs)["multiscales"][0]["datasets"][0]["coordinateTransformations"]
     assert scale == [{"type": "scale", "scale": [1.0, 2.0, 0.5, 0.5]}]
 
 

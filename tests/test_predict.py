@@ -15,6 +15,7 @@ import zarr
 from unetpipe.cli import main
 from unetpipe.core.cluster import Execution
 from unetpipe.core.errors import ConfigError, InputError
+from unetpipe.io import ngff
 from unetpipe.io.images import read_image, write_ome_zarr
 from unetpipe.io.resume import DONE_DIR, partial_path
 from unetpipe.nn.checkpoint import FORMAT, VERSION, save_checkpoint
@@ -292,7 +293,8 @@ def test_corrupt_input_chunk_fails_naming_the_store(tmp_path, capsys):
     store = tmp_path / "in.ome.zarr"
     write_ome_zarr(store, np.random.default_rng(0).random((1, 32, 32)).astype(np.float32),
                    axes="cyx", spacing=(1.0, 1.0), chunks=(16, 16))
-    chunk = next(p for p in (store / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk = next(p for p in (store / "0").rglob("*")
+                 if p.is_file() and p.name not in ngff.METADATA_FILES)
     chunk.write_bytes(b"not a compressed chunk")
     code = main(["-q", "predict", str(ckpt), str(store), str(tmp_path / "o.ome.zarr"),
                  "--block", "16", "16"])
@@ -380,11 +382,12 @@ def _kill_when(proc, folder, at_least):
 
 def _chunk_files(store):
     """Stat of every stored chunk of level 0, by block index."""
-    root = store / "0" / "c"
+    # chunk keys: 0/c/class/i/j in Zarr format 3 (NGFF 0.5), 0/class/i/j in format 2
+    root = store / "0" / "c" if (store / "0" / "c").is_dir() else store / "0"
     out = {}
     for path in root.rglob("*"):
-        if path.is_file():
-            parts = path.relative_to(root).parts  # c / class / i / j
+        if path.is_file() and path.name not in ngff.METADATA_FILES:
+            parts = path.relative_to(root).parts  # class / i / j
             st = path.stat()
             out[tuple(int(p) for p in parts[1:])] = (st.st_ino, st.st_mtime_ns, st.st_size)
     return out

@@ -24,7 +24,8 @@ from tiny_workflow import TINY, job_table, snakemake
 from unetpipe.core import boxes, layout
 from unetpipe.core.errors import InputError
 from unetpipe.inputs.samples import curated_samples
-from unetpipe.io.images import read_image, read_labels, write_ome_zarr
+from unetpipe.io import ngff
+from unetpipe.io.images import ngff_metadata, read_image, read_labels, write_ome_zarr
 from unetpipe.review import curate, edits
 from unetpipe.review import queue as rq
 from unetpipe.review import store as rv
@@ -123,9 +124,12 @@ def test_region_helpers():
 # --- saving ------------------------------------------------------------------------------
 
 
-def test_save_rewrites_only_changed_chunks_keeps_a_version_and_records(tmp_path):
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_save_rewrites_only_changed_chunks_keeps_a_version_and_records(tmp_path, version):
     lab = labels_2d()
-    paths = make_results(tmp_path, lab)
+    paths = make_results(tmp_path, lab, version=version)
+    # chunk (1, 1) of level 0: its file in Zarr format 3, and in format 2 (NGFF 0.4)
+    key = "0/c/1/1" if version == "0.5" else "0/1/1"
     before = chunk_files(paths.labels)
     table_before = pd.read_csv(paths.table)
     store = rv.LabelStore.open(paths.results, "cells")
@@ -135,23 +139,23 @@ def test_save_rewrites_only_changed_chunks_keeps_a_version_and_records(tmp_path)
     edited = edits.merge_objects(store.read(), [2, 3])
     result = rv.save_region(store, edited, actions=[{"action": "merge", "ids": [2, 3]}])
     # object 3 lies in chunk (1, 1) only: one chunk file rewritten, no other touched
-    assert result.chunks == ["0/c/1/1"] and result.ids == [2, 3]
+    assert result.chunks == [key] and result.ids == [2, 3]
     after = chunk_files(paths.labels)
     assert set(after) == set(before)
     for key in before:
-        if key != "0/c/1/1":
+        if key != key:
             assert after[key] == before[key], key  # same bytes, same inode and mtime
-    assert after["0/c/1/1"][0] != before["0/c/1/1"][0]
+    assert after[key][0] != before[key][0]
     assert_array_equal(read_labels(paths.labels).data.compute(), edited)
     # the previous chunk is kept, byte for byte, and restores the old labels
     version = paths.versions / result.version
-    assert (version / "labels/cells.ome.zarr/0/c/1/1").read_bytes() == before["0/c/1/1"][0]
+    assert (version / f"labels/cells.ome.zarr/{key}").read_bytes() == before[key][0]
     assert rv.list_versions(paths) == [result.version]
     # the record
     review = json.loads(paths.review.read_text())
     (entry,) = review["entries"]
     assert entry["action"] == "merge" and entry["ids"] == [2, 3]
-    assert entry["chunks"] == ["0/c/1/1"] and entry["version"] == result.version
+    assert entry["chunks"] == [key] and entry["version"] == result.version
     assert entry["time"].endswith("Z") and entry["table"] == "updated"
     # the table: rows of 2 and 3 recomputed (3 gone), equal to measuring anew
     table = pd.read_csv(paths.table)
@@ -164,7 +168,8 @@ def test_save_rewrites_only_changed_chunks_keeps_a_version_and_records(tmp_path)
                                   .reset_index(drop=True))
     attrs = zarr.open_group(str(paths.labels), mode="r").attrs
     assert attrs["unetpipe"]["max_id"] == 4 and attrs["unetpipe"]["table_stale"] is False
-    assert attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "0"  # NGFF intact
+    assert ngff_metadata(attrs)["multiscales"][0]["datasets"][0]["path"] == "0"  # NGFF intact
+    ngff.validate(paths.labels)
     assert not paths.journal.exists()
 
     # restoring the version brings back the old labels and table
@@ -172,6 +177,7 @@ def test_save_rewrites_only_changed_chunks_keeps_a_version_and_records(tmp_path)
     assert_array_equal(read_labels(paths.labels).data.compute(), lab)
     pd.testing.assert_frame_equal(pd.read_csv(paths.table), table_before)
     assert [e["action"] for e in rv.read_review(paths)["entries"]] == ["merge", "restore"]
+    ngff.validate(paths.labels)
 
 
 def test_delete_to_background_removes_the_chunk_file(tmp_path):

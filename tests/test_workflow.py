@@ -16,7 +16,8 @@ import zarr
 from tiny_workflow import TINY as TINY_BASE
 from tiny_workflow import job_table, snakemake
 
-from unetpipe.io.images import read_image, read_labels, write_tiff
+from unetpipe.io import ngff
+from unetpipe.io.images import ngff_metadata, read_image, read_labels, write_tiff
 from unetpipe.nn.checkpoint import build_model
 from unetpipe.nn.models import load_checkpoint
 from unetpipe.nn.tiles import predict_array
@@ -158,6 +159,7 @@ def test_real_run_then_nothing_to_do(tmp_path):
                                   targets_for_mode(labels, "three_class"))
     expected = separation_weight_map(labels, mode="three_class")
     np.testing.assert_allclose(np.asarray(root["weights"]), expected, atol=1e-2)
+    assert_stores_validate(res, "0.4")  # the default NGFF version
     for rule, name in [("preprocess", "train_000"), ("preprocess", "predict_000"),
                        ("targets", "train_001")]:
         assert (res / "logs" / rule / f"{name}.log").read_text().count(f"{rule}:") >= 1
@@ -288,7 +290,7 @@ def test_3d_demo_config_runs_with_anisotropic_spacing(tmp_path):
     tiny_train = "train={iterations: 2, val_every: 2, patch: [8, 32, 32], batch_size: 1}"
     shutil.copy(ROOT / "workflow/configs/demo-3d.yaml", tmp_path / "demo-3d.yaml")
     proc = snakemake(tmp_path, "--cores", "2", "--config", small, tiny_model, tiny_train,
-                     "segment={threshold: 0.35}",
+                     "segment={threshold: 0.35}", "io={ngff_version: '0.5'}",
                      config=yaml.safe_load((tmp_path / "demo-3d.yaml").read_text()))
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "results-3d/preprocessed"
@@ -315,6 +317,31 @@ def test_3d_demo_config_runs_with_anisotropic_spacing(tmp_path):
     assert len(table) == int(labels.data.max().compute()) > 0
     assert "volume" in table and "solidity" not in table
     assert (tmp_path / "results-3d/metrics/summary.csv").exists()
+    assert_stores_validate(tmp_path / "results-3d", "0.5")
+
+
+def assert_stores_validate(results, version):
+    """Every OME-Zarr store of a results folder, and every image-label in one, is valid
+    NGFF of ``version`` for ome-zarr-models; labels name their image, probabilities
+    their classes."""
+    stores = sorted(results.glob("*/*.ome.zarr"))
+    assert {p.parent.name for p in stores} == {"preprocessed", "probabilities", "labels"}
+    for store in stores:
+        found = ngff.validate(store)
+        assert type(found).__module__.startswith(f"ome_zarr_models.v0{version[-1]}"), store
+        meta = ngff_metadata(zarr.open_group(str(store), mode="r").attrs)
+        stage = store.parent.name
+        assert type(found).__name__ == ("ImageLabel" if stage == "labels" else "Image"), store
+        if stage == "labels":
+            assert meta["image-label"]["source"] == {
+                "image": f"../../preprocessed/{store.name}"}
+            assert meta["multiscales"][0]["type"] == "nearest"
+        if stage == "probabilities":
+            classes = zarr.open_group(str(store), mode="r").attrs["unetpipe"]["classes"]
+            assert [c["label"] for c in meta["omero"]["channels"]] == classes
+        for label in sorted((store / "labels").glob("*")):
+            if label.is_dir():
+                assert type(ngff.validate(label)).__name__ == "ImageLabel", label
 
 
 def test_empty_glob_names_the_key(tmp_path):

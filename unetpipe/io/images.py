@@ -5,9 +5,10 @@ Readers return a :class:`LazyImage`: a Dask array in a canonical axis order
 the spatial axes and its unit. Nothing is read until the array is computed,
 and then only the chunks that are needed.
 
-Writers produce OME-Zarr (NGFF 0.5, Zarr format 3) with level 0 at array path
-``"0"``, an optional downsampled pyramid, and NGFF image-label groups; and
-ImageJ / OME-TIFF files. Every writer writes to a temporary name beside the
+Writers produce OME-Zarr in either NGFF version (0.4 on Zarr format 2, the
+default, or 0.5 on Zarr format 3; :mod:`unetpipe.io.ngff`) with level 0 at
+array path ``"0"``, an optional downsampled pyramid, and NGFF image-label
+groups; and ImageJ / OME-TIFF files. Every writer writes to a temporary name beside the
 destination and renames it into place when complete, so an output that
 exists is whole.
 """
@@ -29,10 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
+from . import ngff
+from .ngff import create_array
+from .ngff import metadata as ngff_metadata
 
 log = logging.getLogger(__name__)
 
-NGFF_VERSION = "0.5"
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 # Length units to micrometres; NGFF names them in full.
@@ -61,6 +64,9 @@ class LazyImage:
         Where the image came from.
     metadata : dict
         Format-specific extras (for OME-Zarr, the group's attributes).
+    origin : tuple of float
+        Physical position of the first pixel along each spatial axis, in the
+        unit of ``spacing`` (an OME-Zarr ``translation``; zeros otherwise).
     """
 
     data: object
@@ -69,8 +75,14 @@ class LazyImage:
     unit: str | None
     path: str
     metadata: dict = field(default_factory=dict, compare=False)
+    origin: tuple[float, ...] | None = None
 
     def __post_init__(self):
+        n = len(self.axes.replace("c", ""))
+        origin = (0.0,) * n if self.origin is None else tuple(float(v) for v in self.origin)
+        if len(origin) != n:
+            raise ValueError(f"origin {origin} does not match the spatial axes of {self.axes!r}")
+        object.__setattr__(self, "origin", origin)
         dtype = np.dtype(self.data.dtype)
         if dtype.kind == "c":
             raise InputError(self.path, f"holds complex values ({dtype}); unetpipe reads "
@@ -334,7 +346,10 @@ def _read_zarr(path: str):
     except Exception as e:
         raise InputError(path, f"not a readable Zarr store ({e})") from None
     if isinstance(node, zarr.Array):
-        names = getattr(node.metadata, "dimension_names", None) or [None] * node.ndim
+        names = (getattr(node.metadata, "dimension_names", None)
+                 or node.attrs.get(ngff.DIMENSIONS_ATTRIBUTE) or [None] * node.ndim)
+        if not isinstance(names, list | tuple) or len(names) != node.ndim:
+            names = [None] * node.ndim
         letters = "".join(n.lower() if isinstance(n, str) and n.lower() in ("t", "c", "z", "y", "x")
                           else "?" for n in names)
         data = _as_dask(node, path, node.chunks)
@@ -365,13 +380,8 @@ def _read_zarr(path: str):
         axes = list("tczyx"[-array.ndim:])
     if len(axes) != array.ndim:
         raise InputError(path, f"OME-Zarr names {len(axes)} axes for a {array.ndim}-D array")
-    scale = [1.0] * array.ndim
-    for transforms in (dataset.get("coordinateTransformations", []),
-                       ms.get("coordinateTransformations", [])):
-        for t in transforms or []:
-            if t.get("type") == "scale":
-                scale = [a * b for a, b in zip(scale, t["scale"], strict=True)]
-    spacing, unit = {}, None
+    scale, translation = _transforms(dataset, ms, array.ndim)
+    spacing, origin, unit = {}, {}, None
     calibrated = all(_unit_scale(units[i]) is not None
                      for i, a in enumerate(axes) if a.lower() in ("z", "y", "x"))
     for i, a in enumerate(axes):
@@ -379,11 +389,31 @@ def _read_zarr(path: str):
         if a in ("z", "y", "x"):
             factor = _unit_scale(units[i]) if calibrated else 1.0
             spacing[a] = float(scale[i]) * factor
+            origin[a] = float(translation[i]) * factor
     if calibrated:
         unit = "micrometer"
     letters = "".join(a.lower() if a.lower() in ("t", "c", "z", "y", "x") else "?" for a in axes)
     data = _as_dask(array, path, array.chunks)
-    return data, letters, spacing, unit, {"ngff": meta}
+    return data, letters, spacing, unit, {"ngff": meta, "origin": origin}
+
+
+def _transforms(dataset: Mapping, ms: Mapping, ndim: int) -> tuple[list[float], list[float]]:
+    """The scale and translation of one level of an NGFF multiscale: the level's
+    own transformations, then those of the whole multiscale applied after them."""
+    scale, translation = [1.0] * ndim, [0.0] * ndim
+    for transforms in (dataset.get("coordinateTransformations") or [],
+                       ms.get("coordinateTransformations") or []):
+        for t in transforms:
+            if not isinstance(t, Mapping):
+                continue
+            if t.get("type") == "scale" and len(t.get("scale") or ()) == ndim:
+                factors = [float(v) for v in t["scale"]]
+                scale = [a * b for a, b in zip(scale, factors, strict=True)]
+                translation = [a * b for a, b in zip(translation, factors, strict=True)]
+            elif t.get("type") == "translation" and len(t.get("translation") or ()) == ndim:
+                translation = [a + float(b) for a, b in
+                               zip(translation, t["translation"], strict=True)]
+    return scale, translation
 
 
 def _canonical(path: str, data, raw_axes: str, override: str | None, *, labels: bool):
@@ -486,16 +516,20 @@ def read_image(path: str | os.PathLike, *, axes: str | None = None,
                                "expected 2 (yx) or 3 (zyx)")
     if min(data.shape) == 0:
         raise InputError(path, f"is empty (shape {tuple(data.shape)})")
+    to_unit = dict.fromkeys(spatial, 1.0)  # the origin's values -> the spacing's unit
     if any(a not in spacing for a in spatial):
         if spacing:
             log.warning("%s: the metadata give the pixel size of %s but not of %s; using pixel "
                         "units (set data.spacing)", path, "".join(sorted(spacing)),
                         "".join(a for a in spatial if a not in spacing))
         spacing_t, unit = tuple(1.0 for _ in spatial), None
+        to_unit = {a: 1.0 / float(spacing.get(a) or 1.0) for a in spatial}
     else:
         spacing_t = tuple(float(spacing[a]) for a in spatial)
+    found = meta.get("origin") or {}
+    origin = tuple(float(found.get(a, 0.0)) * to_unit[a] for a in spatial)
     return LazyImage(data=data, axes=axes_out, spacing=spacing_t, unit=unit, path=path,
-                     metadata=meta)
+                     metadata=meta, origin=origin)
 
 
 def read_labels(path: str | os.PathLike, *, axes: str | None = None) -> LazyImage:
@@ -689,17 +723,19 @@ def store(data, target, *, transform=None, progress: str | None = None,
 def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: str | None,
                      chunks: Sequence[int], levels: int = 0, name: str | None = None,
                      labels: bool = False, min_size: int = 32, transform=None, dtype=None,
-                     progress: str | None = None) -> list[tuple[int, ...]]:
+                     progress: str | None = None, origin: Sequence[float] | None = None,
+                     channel_names: Sequence[str] | None = None) -> list[tuple[int, ...]]:
     """Write an NGFF multiscale image into an open Zarr group.
 
     Level 0 is computed from ``data`` chunk by chunk; each further level is
     computed from the level written before it (mean of 2x2(x2) blocks for
-    images, every second pixel for labels), never from the full data.
+    images, every second pixel for labels), never from the full data. The
+    group's Zarr format gives the NGFF version (:mod:`unetpipe.io.ngff`).
 
     Parameters
     ----------
     group : zarr.Group
-        An empty group (Zarr format 3).
+        An empty group (Zarr format 2 for NGFF 0.4, 3 for 0.5).
     data : dask.array.Array
         The image, axes as in ``axes``.
     axes : str
@@ -719,94 +755,135 @@ def write_multiscale(group, data, *, axes: str, spacing: Sequence[float], unit: 
         Applied to each level-0 chunk before it is stored (see :func:`store`).
     dtype : numpy dtype, optional
         Stored dtype, when ``transform`` changes it.
+    origin : sequence of float, optional
+        Physical position of the first pixel per spatial axis (an NGFF
+        ``translation``); none is written when it is zero.
+    channel_names : sequence of str, optional
+        Names of the channels, written as ``omero`` channel labels.
 
     Returns
     -------
     list of tuple of int
         The shape of every level written.
     """
+    stored_dtype = np.dtype(dtype if dtype is not None else data.dtype)
+    full_chunks = _full_chunks(axes, chunks, data.shape)
+    arr = create_array(group, "0", shape=data.shape, chunks=full_chunks, dtype=stored_dtype,
+                       axes=axes)
+    store(data, arr, transform=transform, progress=progress)
+    return add_levels(group, axes=axes, spacing=spacing, unit=unit, levels=levels, name=name,
+                      labels=labels, min_size=min_size, origin=origin,
+                      channel_names=channel_names)
+
+
+def _full_chunks(axes: str, chunks: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """Chunks of every axis: the spatial ones as given, channels together."""
+    spatial = axes.replace("c", "")
+    return tuple(shape[i] if a == "c" else min(int(chunks[spatial.index(a)]), shape[i])
+                 for i, a in enumerate(axes))
+
+
+def pyramid_depth(shape: Sequence[int], chunks: Sequence[int], *, min_size: int = 32) -> int:
+    """How many levels to add below one of ``shape`` (spatial axes, y and x last) so
+    that the coarsest fits one chunk in y and x, or stops at ``min_size`` pixels."""
+    yx, chunk_yx = list(shape[-2:]), list(chunks[-2:])
+    depth = 0
+    while any(n > c for n, c in zip(yx, chunk_yx, strict=True)) and min(yx) // 2 >= min_size:
+        yx = [n // 2 for n in yx]
+        depth += 1
+    return depth
+
+
+def add_levels(group, *, axes: str, spacing: Sequence[float], unit: str | None,
+               levels: int, name: str | None = None, labels: bool = False,
+               min_size: int = 32, origin: Sequence[float] | None = None,
+               channel_names: Sequence[str] | None = None) -> list[tuple[int, ...]]:
+    """Add up to ``levels`` downsampled levels below the array ``"0"`` of ``group``
+    (each from the one before, in bounded memory) and write the multiscale
+    metadata of all of them; see :func:`write_multiscale`.
+
+    Returns
+    -------
+    list of tuple of int
+        The shape of every level, level 0 first.
+    """
     import dask.array as da
 
-    spatial_chunks = list(chunks)
-    full_chunks = tuple(
-        data.shape[i] if a == "c" else min(spatial_chunks[axes.replace("c", "").index(a)],
-                                           data.shape[i])
-        for i, a in enumerate(axes)
-    )
-    stored_dtype = np.dtype(dtype if dtype is not None else data.dtype)
-    scales = []
-    shapes = []
-    level_spacing = list(spacing)
-    source = data
-    for level in range(levels + 1):
-        if level > 0:
-            factors, new_spacing = _level_factors(axes, level_spacing, shapes[-1])
-            new_shape = tuple(s // f for s, f in zip(shapes[-1], factors, strict=True))
-            yx = [new_shape[axes.index(a)] for a in "yx"]
-            if min(yx) < min_size or min(new_shape) < 1:
-                break
-            prev = da.from_zarr(group[str(level - 1)])
-            trimmed = prev[tuple(slice(0, n * f) for n, f in zip(new_shape, factors, strict=True))]
-            if labels:
-                source = trimmed[tuple(slice(None, None, f) for f in factors)]
-            else:
-                # Average within the stored chunks, so each task reads one chunk;
-                # only chunks of odd size need a rechunk first.
-                if any(c % f for f, cs in zip(factors, trimmed.chunks, strict=True) for c in cs):
-                    trimmed = trimmed.rechunk(tuple(
-                        min(c * f, s) for c, f, s in zip(full_chunks, factors, trimmed.shape,
-                                                         strict=True)))
-                source = da.coarsen(np.mean, trimmed, dict(enumerate(factors)), trim_excess=True)
-                source = source.astype(stored_dtype)
-            level_spacing = new_spacing
-        arr = group.create_array(
-            str(level),
-            shape=source.shape,
-            chunks=tuple(min(c, s) for c, s in zip(full_chunks, source.shape, strict=True)),
-            dtype=stored_dtype,
-            fill_value=0,
-            dimension_names=list(axes),
-        )
-        if level == 0:
-            store(source, arr, transform=transform, progress=progress)
+    level0 = group["0"]
+    stored_dtype = np.dtype(level0.dtype)
+    full_chunks = tuple(level0.chunks)
+    shapes = [tuple(level0.shape)]
+    level_spacing = [float(v) for v in spacing]
+    spatial = axes.replace("c", "")
+    origin0 = [0.0] * len(spatial) if origin is None else [float(v) for v in origin]
+
+    def per_axis(values, fill):
+        return [fill if a == "c" else float(values[spatial.index(a)]) for a in axes]
+
+    scales = [per_axis(level_spacing, 1.0)]
+    translations = [per_axis(origin0, 0.0)]
+    for level in range(1, levels + 1):
+        factors, new_spacing = _level_factors(axes, level_spacing, shapes[-1])
+        new_shape = tuple(s // f for s, f in zip(shapes[-1], factors, strict=True))
+        yx = [new_shape[axes.index(a)] for a in "yx"]
+        if min(yx) < min_size or min(new_shape) < 1:
+            break
+        prev = da.from_zarr(group[str(level - 1)])
+        trimmed = prev[tuple(slice(0, n * f) for n, f in zip(new_shape, factors, strict=True))]
+        if labels:
+            source = trimmed[tuple(slice(None, None, f) for f in factors)]
         else:
-            store(source, arr)
+            # Average within the stored chunks, so each task reads one chunk;
+            # only chunks of odd size need a rechunk first.
+            if any(c % f for f, cs in zip(factors, trimmed.chunks, strict=True) for c in cs):
+                trimmed = trimmed.rechunk(tuple(
+                    min(c * f, s) for c, f, s in zip(full_chunks, factors, trimmed.shape,
+                                                     strict=True)))
+            source = da.coarsen(np.mean, trimmed, dict(enumerate(factors)), trim_excess=True)
+            source = source.astype(stored_dtype)
+        level_spacing = new_spacing
+        arr = create_array(group, str(level), shape=source.shape,
+                           chunks=tuple(min(c, s) for c, s in
+                                        zip(full_chunks, source.shape, strict=True)),
+                           dtype=stored_dtype, axes=axes)
+        store(source, arr)
         shapes.append(tuple(source.shape))
-        scales.append([1.0 if a == "c" else float(level_spacing[axes.replace("c", "").index(a)])
-                       for a in axes])
+        scales.append(per_axis(level_spacing, 1.0))
+        # a picked pixel sits where its level-0 pixel does; a mean sits at the
+        # centre of the pixels it averages
+        translations.append(per_axis(
+            origin0 if labels else [o + (s - s0) / 2 for o, s, s0 in
+                                    zip(origin0, level_spacing, spacing, strict=True)], 0.0))
     set_multiscale_metadata(group, axes=axes, unit=unit, scales=scales, name=name,
-                            kind="nearest" if labels else "mean")
+                            kind="nearest" if labels else "mean", translations=translations,
+                            channel_names=channel_names)
     return shapes
 
 
 def set_multiscale_metadata(group, *, axes: str, unit: str | None,
                             scales: Sequence[Sequence[float]], name: str | None = None,
-                            kind: str = "mean") -> None:
-    """Write NGFF multiscale metadata for arrays ``"0"``, ``"1"``, ... of ``group``.
+                            kind: str = "mean",
+                            translations: Sequence[Sequence[float]] | None = None,
+                            channel_names: Sequence[str] | None = None) -> None:
+    """Write NGFF multiscale metadata for arrays ``"0"``, ``"1"``, ... of ``group``,
+    in the NGFF version of the group's Zarr format.
 
-    ``scales`` holds one scale per level, one value per axis of ``axes``
-    (1 for a channel axis).
+    ``scales`` (and ``translations``, if given) hold one entry per level, one
+    value per axis of ``axes`` (1 and 0 for a channel axis); ``kind`` says
+    how the levels were made (``"mean"``, ``"nearest"`` for labels);
+    ``channel_names`` become ``omero`` channel labels.
     """
-    multiscale = {
-        "axes": _axes_metadata(axes, unit),
-        "datasets": [
-            {"path": str(i), "coordinateTransformations": [{"type": "scale",
-                                                            "scale": [float(v) for v in s]}]}
-            for i, s in enumerate(scales)
-        ],
-        "type": kind,
-    }
-    if name:
-        multiscale["name"] = name
-    ome = dict(group.attrs.get("ome", {}))
-    ome["version"] = NGFF_VERSION
-    ome["multiscales"] = [multiscale]
-    group.attrs["ome"] = ome
+    sections = {"multiscales": [ngff.multiscale(
+        ngff.group_version(group), axes=axes, unit=unit, scales=scales,
+        translations=translations, name=name, kind=kind)]}
+    if channel_names is not None:
+        sections["omero"] = ngff.channels(channel_names)
+    ngff.write_metadata(group, **sections)
 
 
 def write_label_image(root, name: str, data, *, spacing: Sequence[float], unit: str | None,
                       chunks: Sequence[int], levels: int = 0, transform=None,
-                      dtype=None) -> None:
+                      dtype=None, origin: Sequence[float] | None = None) -> None:
     """Add an NGFF image-label ``labels/{name}`` to an OME-Zarr image group.
 
     ``data`` has the image's spatial shape (no channel axis); see
@@ -817,24 +894,24 @@ def write_label_image(root, name: str, data, *, spacing: Sequence[float], unit: 
     label_root = root["labels"] if "labels" in root else root.create_group("labels")
     if not isinstance(label_root, zarr.Group):
         raise ValueError("'labels' in this store is not a group")
-    ome = dict(label_root.attrs.get("ome", {}))
-    ome["version"] = NGFF_VERSION
-    ome["labels"] = [*ome.get("labels", []), name]
-    label_root.attrs["ome"] = ome
+    listed = list(ngff.metadata(dict(label_root.attrs)).get("labels", []))
+    ngff.write_metadata(label_root, labels=[*listed, name])
     group = label_root.create_group(name)
     axes = "zyx"[-data.ndim:]
     write_multiscale(group, data, axes=axes, spacing=spacing, unit=unit, chunks=chunks,
-                     levels=levels, name=name, labels=True, transform=transform, dtype=dtype)
-    ome = dict(group.attrs["ome"])
-    ome["image-label"] = {"version": NGFF_VERSION, "source": {"image": "../../"}}
-    group.attrs["ome"] = ome
+                     levels=levels, name=name, labels=True, transform=transform, dtype=dtype,
+                     origin=origin)
+    ngff.write_metadata(group, image_label=ngff.image_label(ngff.group_version(group),
+                                                            source="../../"))
 
 
 def write_ome_zarr(path: str | os.PathLike, data, *, axes: str, spacing: Sequence[float],
                    unit: str | None = None, chunks: Sequence[int] | None = None,
                    levels: int = 0, name: str | None = None,
                    labels: Mapping[str, object] | None = None,
-                   attrs: Mapping | None = None, progress: str | None = None) -> Path:
+                   attrs: Mapping | None = None, progress: str | None = None,
+                   version: str | None = None, origin: Sequence[float] | None = None,
+                   channel_names: Sequence[str] | None = None) -> Path:
     """Write an image, and optionally label images, as one OME-Zarr store, atomically.
 
     Parameters
@@ -843,13 +920,16 @@ def write_ome_zarr(path: str | os.PathLike, data, *, axes: str, spacing: Sequenc
         Destination, conventionally ending in ``.ome.zarr``.
     data : dask.array.Array or ndarray
         The image; axes as in ``axes`` (``"cyx"``, ``"czyx"``, ``"yx"``, ``"zyx"``).
-    axes, spacing, unit, chunks, levels, name
+    axes, spacing, unit, chunks, levels, name, origin, channel_names
         See :func:`write_multiscale`. ``chunks`` defaults to :func:`default_chunks`.
     labels : mapping of str to array, optional
         Label images of the image's spatial shape, stored as NGFF image-labels
         under ``labels/{name}``.
     attrs : mapping, optional
         Extra attributes for the root group (stored under ``"unetpipe"``).
+    version : str, optional
+        NGFF version, ``"0.4"`` (Zarr format 2) or ``"0.5"`` (Zarr format 3);
+        default :data:`unetpipe.io.ngff.DEFAULT_VERSION`.
 
     Returns
     -------
@@ -857,7 +937,6 @@ def write_ome_zarr(path: str | os.PathLike, data, *, axes: str, spacing: Sequenc
         The written store.
     """
     import dask.array as da
-    import zarr
 
     data = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
     spatial_shape = tuple(s for a, s in zip(axes, data.shape, strict=True) if a != "c")
@@ -869,16 +948,17 @@ def write_ome_zarr(path: str | os.PathLike, data, *, axes: str, spacing: Sequenc
             raise ValueError(f"label image {label_name!r} has shape {label_data.shape}, "
                              f"expected {spatial_shape}")
     with atomic_output(path) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        root = ngff.new_group(tmp, version)
         write_multiscale(root, data, axes=axes, spacing=spacing, unit=unit, chunks=chunks,
-                         levels=levels, name=name, progress=progress)
+                         levels=levels, name=name, progress=progress, origin=origin,
+                         channel_names=channel_names)
         if attrs:
             root.attrs["unetpipe"] = dict(attrs)
         for label_name, label_data in (labels or {}).items():
             ldata = label_data if isinstance(label_data, da.Array) else da.from_array(
                 np.asarray(label_data))
             write_label_image(root, label_name, ldata, spacing=spacing, unit=unit,
-                              chunks=chunks, levels=levels)
+                              chunks=chunks, levels=levels, origin=origin)
     return Path(os.fspath(path))
 
 
@@ -986,12 +1066,6 @@ def group_attributes(path: Path) -> dict | None:
     return None
 
 
-def ngff_metadata(attrs: Mapping) -> dict:
-    """The NGFF part of a group's attributes (0.5 nests it under ``ome``)."""
-    ome = attrs.get("ome")
-    return dict(ome) if isinstance(ome, Mapping) else dict(attrs)
-
-
 def is_zarr_array(path: Path) -> bool:
     """Whether ``path`` is a Zarr array (format 3 or 2), from its metadata file."""
     try:
@@ -1040,16 +1114,7 @@ def open_multiscale(path: Path) -> Multiscale:
     levels = [open_dask_array(path / d["path"]) for d in datasets]
     if not ms.get("axes"):  # NGFF <= 0.3: a fixed order
         names, units = names[-levels[0].ndim:], units[-levels[0].ndim:]
-    scale = [1.0] * len(names)
-    translate = [0.0] * len(names)
-    for transforms in (datasets[0].get("coordinateTransformations") or [],
-                       ms.get("coordinateTransformations") or []):
-        for t in transforms:
-            if t.get("type") == "scale":
-                scale = [a * float(b) for a, b in zip(scale, t["scale"], strict=True)]
-            elif t.get("type") == "translation":
-                translate = [a + float(b) for a, b in
-                             zip(translate, t["translation"], strict=True)]
+    scale, translate = _transforms(datasets[0], ms, len(names))
     # a single time point is dropped; a channel axis goes first
     keep = [i for i, a in enumerate(names) if not (a == "t" and levels[0].shape[i] == 1)]
     order = [i for i in keep if names[i] == "c"] + [i for i in keep if names[i] != "c"]

@@ -16,9 +16,10 @@ Saving (the journal)
 A save never writes into the store directly. It first builds, in the hidden
 folder ``.{labels}.journal`` beside the store, the new content of every file
 it will replace (changed chunk files, encoded by Zarr itself through a
-staging copy of the array's metadata, the root ``zarr.json`` with updated
-attributes, the measurement table and ``{sample}.review.json``) and a copy of
-their current content, fsyncs them, and then writes ``journal.json``, the list
+staging copy of the array's metadata, the root's attributes file
+(``zarr.json``, or ``.zattrs`` in an NGFF 0.4 store) with updated attributes,
+the measurement table and ``{sample}.review.json``) and a copy of their
+current content, fsyncs them, and then writes ``journal.json``, the list
 of files. Only then are the new files renamed into place, one atomic
 ``os.replace`` each. Finally the copies of the old content become the version
 ``{sample}.versions/{time}/`` and the journal is removed. An interrupted save
@@ -75,6 +76,7 @@ import numpy as np
 from ..core.boxes import chunk_indices, intersect, shift
 from ..core.errors import InputError
 from ..core.layout import SamplePaths, sample_paths
+from ..io import ngff
 from .edits import changed_ids
 from .queue import object_box, snap_box, union_box
 
@@ -163,7 +165,7 @@ class LabelStore:
             set_aside = _set_aside_stale(paths)
             identity = _identity(paths)
         root = zarr.open_group(str(paths.labels), mode="r")
-        ms = dict(root.attrs["ome"])["multiscales"][0]
+        ms = ngff.metadata(dict(root.attrs))["multiscales"][0]
         for d in ms["datasets"]:  # input: arrays are read and saved below these paths
             try:
                 _inside(paths.labels, str(d["path"]), "multiscales dataset path")
@@ -180,7 +182,7 @@ class LabelStore:
                   for p, s in scales]
         arr = root[levels[0][0]]
         return cls(paths=paths, shape=tuple(img.spatial_shape), chunks=tuple(arr.chunks),
-                   storage_chunks=tuple(arr.metadata.chunk_grid.chunk_shape),
+                   storage_chunks=_storage_chunks(arr),
                    dtype=np.dtype(arr.dtype), spacing=tuple(img.spacing), unit=img.unit,
                    levels=levels, recovered=recovered, identity=identity,
                    set_aside=set_aside)
@@ -373,19 +375,26 @@ def _level0_meta(paths: SamplePaths) -> Path:
     path = "0"
     with contextlib.suppress(OSError, ValueError, KeyError, IndexError, TypeError,
                              _Untrusted):  # a path leading out of the store: not read
-        meta = json.loads((paths.labels / "zarr.json").read_text())
-        found = str(meta["attributes"]["ome"]["multiscales"][0]["datasets"][0]["path"])
+        attrs = ngff.read_attributes(ngff.attributes_file(paths.labels))
+        found = str(ngff.metadata(attrs)["multiscales"][0]["datasets"][0]["path"])
         _inside(paths.labels, found, "multiscales dataset path")
         path = found
-    return paths.labels / path / "zarr.json"
+    return ngff.array_metadata_file(paths.labels / path)
+
+
+def _storage_chunks(array) -> tuple[int, ...]:
+    """The shape of what one file of ``array`` holds: a shard in format 3 (a
+    chunk where there is no sharding), a chunk in format 2."""
+    grid = getattr(array.metadata, "chunk_grid", None)
+    return tuple(grid.chunk_shape) if grid is not None else tuple(array.metadata.chunks)
 
 
 def _identity(paths: SamplePaths) -> str:
     """What tells this store from a new one written by a rerun of the workflow.
 
-    The modification time of level 0's ``zarr.json`` (written once, when the
-    workflow writes the store; saves only replace chunk files and the root
-    ``zarr.json``) and a hash of its content and of the root's ``unetpipe``
+    The modification time of level 0's metadata file (``zarr.json`` or
+    ``.zarray``; written once, when the workflow writes the store; saves only
+    replace chunk files and the root's attributes) and a hash of its content and of the root's ``unetpipe``
     attributes other than those saves change. It survives saves, restores
     and copies that keep modification times; a rerun changes it.
     """
@@ -393,8 +402,8 @@ def _identity(paths: SamplePaths) -> str:
     st = os.stat(meta)
     attrs = {}
     with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
-        root = json.loads((paths.labels / "zarr.json").read_text())
-        attrs = {k: v for k, v in dict(root["attributes"].get("unetpipe") or {}).items()
+        root = ngff.read_attributes(ngff.attributes_file(paths.labels))
+        attrs = {k: v for k, v in dict(root.get("unetpipe") or {}).items()
                  if k not in _SAVE_KEYS}
     h = hashlib.sha256(meta.read_bytes())
     h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
@@ -403,7 +412,7 @@ def _identity(paths: SamplePaths) -> str:
 
 def _legacy_identity(paths: SamplePaths) -> list[int]:
     """The identity journals of earlier unetpipe versions recorded."""
-    st = os.stat(paths.labels / "0" / "zarr.json")
+    st = os.stat(ngff.array_metadata_file(paths.labels / "0"))
     return [st.st_ino, st.st_mtime_ns]
 
 
@@ -1038,7 +1047,7 @@ def _save_region(store: LabelStore, data: np.ndarray, box: tuple[slice, ...], *,
             continue
         # A copy of the array's metadata in the journal: Zarr encodes the new
         # chunks there with the store's codecs and chunk key encoding.
-        meta = paths.labels / path / "zarr.json"
+        meta = ngff.array_metadata_file(paths.labels / path)
         staged_meta = journal.stage_path(meta)
         staged_meta.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(meta, staged_meta)
@@ -1067,16 +1076,15 @@ def _save_region(store: LabelStore, data: np.ndarray, box: tuple[slice, ...], *,
                 journal.add(paths.table)
                 table_state = "updated"
     # root attributes: the largest id, the review state
-    root_meta = paths.labels / "zarr.json"
-    meta = json.loads(root_meta.read_text())
-    attrs = meta.setdefault("attributes", {})
+    root_meta = ngff.attributes_file(paths.labels)
+    attrs = ngff.read_attributes(root_meta)
     unet = dict(attrs.get("unetpipe", {}))
     unet.update({"max_id": max(max_id, int(data.max())), "edited": True,
                  "table_stale": table_state == "stale", "last_version": version})
     attrs["unetpipe"] = unet
     staged = journal.stage_path(root_meta)
     staged.parent.mkdir(parents=True, exist_ok=True)
-    staged.write_text(json.dumps(meta, indent=2))
+    staged.write_text(ngff.with_attributes(root_meta, attrs))
     journal.add(root_meta)
     # review.json
     entries = _describe_actions(actions, old, data, ids, renamed)
@@ -1274,7 +1282,7 @@ def _restore_version(store: LabelStore, version: str) -> SaveResult:
                          f"{', '.join(restorable_versions(paths)) or 'none'}")
     time, new_version = _new_version(paths)
     review_rel = _rel(paths, paths.review)
-    root_rel = _rel(paths, paths.labels / "zarr.json")
+    root_rel = _rel(paths, ngff.attributes_file(paths.labels))
     prefix = _rel(paths, paths.labels) + "/"
     max_id = store.max_id()
     journal = _Journal(paths)
@@ -1288,17 +1296,16 @@ def _restore_version(store: LabelStore, version: str) -> SaveResult:
             staged.parent.mkdir(parents=True, exist_ok=True)
             if f["path"] == root_rel:
                 # the attributes as they were, but the largest id never goes down
-                meta = json.loads((folder / f["path"]).read_text())
-                attrs = meta.setdefault("attributes", {})
+                attrs = ngff.read_attributes(folder / f["path"])
                 unet = dict(attrs.get("unetpipe") or {})
                 unet.update({"max_id": max(max_id, int(unet.get("max_id", 0))),
                              "edited": True, "last_version": new_version})
                 attrs["unetpipe"] = unet
-                staged.write_text(json.dumps(meta, indent=2))
+                staged.write_text(ngff.with_attributes(folder / f["path"], attrs))
             else:
                 shutil.copy2(folder / f["path"], staged)
         journal.add(target)
-        if f["path"].startswith(prefix) and not f["path"].endswith("zarr.json"):
+        if f["path"].startswith(prefix) and Path(f["path"]).name not in ngff.METADATA_FILES:
             written.append(f["path"][len(prefix):])
     review = read_review(paths)
     review["identity"] = _identity(paths)

@@ -43,6 +43,7 @@ from pathlib import Path
 from ..core.errors import ConfigError, InputError
 from ..core.layout import SamplePaths, sample_paths
 from ..inputs.samples import sample_name
+from ..io import ngff
 
 log = logging.getLogger("unetpipe")
 
@@ -278,6 +279,7 @@ class _Plan:
     keep_work: bool
     execution: object  # Execution
     progress: bool
+    ngff_version: str = "0.4"
 
 
 def _record_path(final: SamplePaths) -> Path:
@@ -464,7 +466,7 @@ def _run_stages(name: str, image, plan: _Plan, *, final: SamplePaths, scratch: S
             preprocess_image(image, scratch.image, spacing=plan.data["spacing"],
                              channels=plan.data["channels"], percentiles=plan.percentiles,
                              clip=plan.clip, pyramid_levels=0, name=name,
-                             progress=plan.progress)
+                             ngff_version=plan.ngff_version, progress=plan.progress)
         return os.fspath(scratch.image)
 
     need_table = not final.table.is_file()
@@ -472,12 +474,16 @@ def _run_stages(name: str, image, plan: _Plan, *, final: SamplePaths, scratch: S
         from .predict import predict_store
 
         predict_store(plan.model, preprocessed(), probs, execution=plan.execution,
-                      **plan.predict)
+                      ngff_version=plan.ngff_version, **plan.predict)
     if not final.labels.is_dir():
         from .segment import segment_store
 
+        # the image the labels name: the probabilities where they are kept, the
+        # preprocessed image where the work is kept, else none (removed after)
+        source = probs if plan.probabilities else scratch.image if plan.keep_work else None
         segment_store(probs, final.labels, params=plan.params, block=plan.segment["block"],
-                      halo=plan.segment["halo"], execution=plan.execution)
+                      halo=plan.segment["halo"], execution=plan.execution,
+                      ngff_version=plan.ngff_version, source=source)
     if need_table:
         from .measure import measure_store, write_table
 
@@ -496,7 +502,8 @@ def apply_images(model: str | os.PathLike, inputs: Iterable[str | os.PathLike] |
                  out: str | os.PathLike, *, section: Mapping | None = None,
                  predict: Mapping | None = None, data: Mapping | None = None,
                  tiff: bool = False, probabilities: bool = False, keep_work: bool = False,
-                 execution=None, progress: bool = True) -> ApplyResult:
+                 execution=None, progress: bool = True,
+                 ngff_version: str | None = None) -> ApplyResult:
     """Segment raw images with a trained model: labels and a table per image.
 
     Parameters
@@ -534,6 +541,9 @@ def apply_images(model: str | os.PathLike, inputs: Iterable[str | os.PathLike] |
         Dask's threaded scheduler, resume, and ``progress``.
     progress : bool
         Progress bars of preprocessing, measuring and the TIFF.
+    ngff_version : str, optional
+        NGFF version of the stores written, ``"0.4"`` or ``"0.5"``
+        (:mod:`unetpipe.io.ngff`; its default when None).
 
     Returns
     -------
@@ -595,8 +605,13 @@ def apply_images(model: str | os.PathLike, inputs: Iterable[str | os.PathLike] |
     check_inputs(out, [path for _, path in images] + [model_path])
     from .predict import model_sha256
 
+    try:
+        version = ngff.check_version(ngff_version)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     identity = {
         "model_sha256": model_sha256(model_path),
+        "ngff_version": version,
         "normalisation": {"percentiles": list(percentiles), "clip": clip},
         "data": data,
         "predict": {k: v for k, v in predict.items() if k != "batch_size"},
@@ -606,7 +621,7 @@ def apply_images(model: str | os.PathLike, inputs: Iterable[str | os.PathLike] |
                  settings=settings, segment=segment, data=data, predict=predict,
                  identity=identity, out=out, work=out / WORK_DIR, tiff=tiff,
                  probabilities=probabilities, keep_work=keep_work, execution=run,
-                 progress=progress)
+                 progress=progress, ngff_version=version)
     log.info("apply: %d image(s) with %s -> %s (normalised by the model's percentiles %s%s)",
              len(images), model_path, out, list(percentiles), ", clipped" if clip else "")
     result = ApplyResult()

@@ -35,7 +35,7 @@ from ..core.device import select_device, worker_device
 from ..core.errors import ConfigError, InputError
 from ..core.memory import release_free_memory
 from ..core.progress import bar
-from ..io import resume
+from ..io import ngff, resume
 from ..io.outputs import check_free_space
 from ..nn.checkpoint import SEGMENT_PARAMS
 from ..nn.tiles import _clip, forward_windows, read_window, tiling
@@ -95,6 +95,7 @@ class _Job:
     torch_threads: int
     classes: int
     dtype: str
+    ngff_version: str = "0.4"
 
 
 _STATE: dict = {}
@@ -279,7 +280,8 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
                   halo: Sequence[int] | None = None, batch_size: int | None = None,
                   device: str = "auto", bf16: bool = True, tta: bool = False,
                   skip_empty: float | None = None, dtype: str = "float32",
-                  execution: Execution | None = None) -> PredictResult:
+                  execution: Execution | None = None,
+                  ngff_version: str | None = None) -> PredictResult:
     """Class probabilities of a preprocessed store, chunk by chunk, resumably.
 
     Parameters
@@ -317,6 +319,8 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
         each worker process loads the model once, and with ``device="auto"``
         a worker picks the device; a SLURM worker job's cores are shared out
         among its processes' Dask threads.
+    ngff_version : str, optional
+        ``"0.4"`` or ``"0.5"`` (:mod:`unetpipe.io.ngff`; its default when None).
 
     Returns
     -------
@@ -349,6 +353,10 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
     slurm = run.slurm
     if dtype not in ("float32", "float16"):
         raise ConfigError(f"config key 'predict.dtype': {dtype!r} is not float32 or float16")
+    try:
+        version = ngff.check_version(ngff_version)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.get("padding", "same") == "valid" and halo is not None:
         log.warning("predict: a valid-padding model sets its own context; the halo %s is "
                     "ignored", list(halo))
@@ -387,6 +395,7 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
             skip_empty=None if skip_empty is None else float(skip_empty),
             skip_level=skip[0] if skip else None, skip_factors=skip[1] if skip else None,
             torch_threads=torch_threads, classes=int(cfg["out_channels"]), dtype=dtype,
+            ngff_version=version,
         )
         return _predict_blocks(job, ckpt=ckpt, img=img, out=out, image_path=image_path,
                                batch_size=batch_size or (4 if dev.type == "cuda" else 1),
@@ -400,7 +409,7 @@ def _predict_blocks(job: _Job, *, ckpt: dict, img, out: Path, image_path: str,
     the blocks not done before, then the store renamed into place."""
     import torch
 
-    from ..io.images import replace_path, set_multiscale_metadata
+    from ..io.images import replace_path
 
     mode = (ckpt.get("targets") or {}).get("mode") or "two_class"
     classes = list((ckpt.get("targets") or {}).get("classes")
@@ -416,7 +425,7 @@ def _predict_blocks(job: _Job, *, ckpt: dict, img, out: Path, image_path: str,
         "input_signature": resume.input_signature(image_path), "shape": list(img.data.shape),
         "block": list(job.block), "window": list(job.window), "offset": list(job.offset),
         "tta": job.tta, "skip_empty": job.skip_empty, "dtype": dtype,
-        "device_type": dev.type, "bf16": job.amp,
+        "device_type": dev.type, "bf16": job.amp, "ngff_version": job.ngff_version,
     }
     partial = Path(job.output)
     grid = [math.ceil(s / b) for s, b in zip(spatial, job.block, strict=True)]
@@ -427,7 +436,7 @@ def _predict_blocks(job: _Job, *, ckpt: dict, img, out: Path, image_path: str,
     elif done is None:
         _create_output(partial, level0_shape=(n_classes, *spatial), img=img, block=job.block,
                        dtype=dtype, fingerprint=fingerprint, classes=classes, ckpt=ckpt,
-                       ckpt_path=job.checkpoint, set_metadata=set_multiscale_metadata,
+                       ckpt_path=job.checkpoint, version=job.ngff_version,
                        settings={"block": list(job.block), "window": list(job.window),
                                  "offset": list(job.offset), "tta": job.tta,
                                  "skip_empty": job.skip_empty})
@@ -496,17 +505,19 @@ def _check_spacing(img, ckpt: dict, path: str) -> None:
 
 
 def _create_output(partial: Path, *, level0_shape, img, block, dtype, fingerprint, classes,
-                   ckpt, ckpt_path, set_metadata, settings) -> None:
-    import zarr
+                   ckpt, ckpt_path, version, settings) -> None:
+    from ..io.images import set_multiscale_metadata
 
     partial.parent.mkdir(parents=True, exist_ok=True)
-    root = zarr.open_group(str(partial), mode="w", zarr_format=3)
+    root = ngff.new_group(partial, version)
     spatial_axes = img.spatial_axes
     axes = "c" + spatial_axes
-    root.create_array("0", shape=level0_shape, chunks=(level0_shape[0], *block),
-                      dtype=dtype, fill_value=0, dimension_names=list(axes))
-    set_metadata(root, axes=axes, unit=img.unit, scales=[[1.0, *img.spacing]],
-                 name="probabilities")
+    ngff.create_array(root, "0", shape=level0_shape, chunks=(level0_shape[0], *block),
+                      dtype=dtype, axes=axes)
+    # the classes are the channels: named, each in its colour
+    set_multiscale_metadata(root, axes=axes, unit=img.unit, scales=[[1.0, *img.spacing]],
+                            translations=[[0.0, *img.origin]], name="probabilities",
+                            channel_names=classes)
     root.attrs["unetpipe"] = {
         "stage": "predict", "classes": classes, "source": os.path.abspath(img.path),
         "checkpoint": ckpt_path, "checkpoint_iteration": ckpt.get("iteration"),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import InputError
+from ..io import ngff
 from ..io.images import (
     LazyImage,
     atomic_output,
@@ -138,6 +139,7 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
                      percentiles: Sequence[float] = (1.0, 99.8), clip: bool = False,
                      sample_size: int = 4_000_000, chunks: Sequence[int] | None = None,
                      pyramid_levels: int = 2, name: str | None = None,
+                     ngff_version: str | None = None,
                      progress: bool = True) -> PreprocessResult:
     """Normalise an image and write it, with its labels, as OME-Zarr.
 
@@ -166,6 +168,8 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
         Downsampled levels to add for viewing.
     name : str, optional
         Name recorded in the multiscales metadata.
+    ngff_version : str, optional
+        ``"0.4"`` or ``"0.5"`` (:mod:`unetpipe.io.ngff`; its default when None).
     progress : bool
         Show a progress bar.
 
@@ -181,7 +185,6 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
         fit the image. Nothing is left at ``out`` then.
     """
     import dask.array as da
-    import zarr
 
     start = time.perf_counter()
     path = image.path
@@ -197,6 +200,11 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
         unit = "micrometer"
     else:
         spacing_t, unit = image.spacing, image.unit
+    # the image's position: the same first pixel, in the unit of the spacing used
+    origin = tuple(o / s * t for o, s, t in zip(image.origin, image.spacing, spacing_t,
+                                                 strict=True))
+    names = [f"channel {c}" for c in (channels if channels is not None
+                                       else range(data.shape[0]))]
     if channels is not None:
         n = data.shape[0]
         bad = [c for c in channels if c >= n]
@@ -252,17 +260,18 @@ def preprocess_image(image: LazyImage, out: str | os.PathLike, *,
     }
     n_max = None
     with atomic_output(out) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        root = ngff.new_group(tmp, ngff_version)
         write_multiscale(root, data, axes=axes, spacing=spacing_t, unit=unit,
                          chunks=chunks, levels=pyramid_levels, name=name, transform=normalise,
-                         dtype=np.float32, progress="preprocess" if progress else None)
+                         dtype=np.float32, progress="preprocess" if progress else None,
+                         origin=origin, channel_names=names)
         if labels is not None:
             attrs["labels_source"] = os.path.abspath(labels.path)
             label_dtype_ = label_dtype(labels.data.dtype)
             check = functools.partial(check_label_block, path=labels.path, dtype=label_dtype_)
             write_label_image(root, "gt", labels.data, spacing=spacing_t, unit=unit,
                               chunks=chunks, levels=pyramid_levels, transform=check,
-                              dtype=label_dtype_)
+                              dtype=label_dtype_, origin=origin)
             # Checked on the written, compressed copy: cheaper than reading
             # the source a second time.
             n_max = int(da.from_zarr(root["labels/gt/0"]).max().compute())

@@ -58,7 +58,7 @@ from ..core.boxes import intersect, shift
 from ..core.cluster import Execution
 from ..core.errors import ConfigError, InputError
 from ..core.memory import release_free_memory
-from ..io import resume
+from ..io import ngff, resume
 from ..io.outputs import check_free_space
 from .instances import (
     SegmentParams,
@@ -369,7 +369,8 @@ def _union_find(edges: np.ndarray):
 def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                   params: SegmentParams = SegmentParams(),
                   block: Sequence[int] | None = None, halo: Sequence[int] | None = None,
-                  execution: Execution | None = None) -> SegmentResult:
+                  execution: Execution | None = None, ngff_version: str | None = None,
+                  source: str | os.PathLike | None = "auto") -> SegmentResult:
     """Instance labels of a probability store, block by block, stitched.
 
     Parameters
@@ -400,6 +401,13 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
         core it has. The per-block passes (1, 2 and 4) run on the scheduler;
         pass 3 (the relabelling table) runs here. The workers must see the
         stores at the same paths. ``workers`` is not used.
+    ngff_version : str, optional
+        ``"0.4"`` or ``"0.5"`` (:mod:`unetpipe.io.ngff`; its default when None).
+    source : path, None or "auto"
+        The image the labels belong to, named (relative to ``out``) in the
+        store's NGFF ``image-label`` metadata so that viewers open the two
+        together. "auto": the preprocessed image the probabilities were
+        predicted from, where it exists, else the probabilities.
 
     Returns
     -------
@@ -407,7 +415,7 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     """
     import zarr
 
-    from ..io.images import read_image, replace_path, set_multiscale_metadata
+    from ..io.images import add_levels, pyramid_depth, read_image, replace_path
 
     t0 = time.perf_counter()
     run = execution or Execution()
@@ -454,9 +462,14 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
     job = _Job(probabilities=os.path.abspath(src), given=src, output=os.path.abspath(partial),
                shape=tuple(shape), block=block, halo=halo, grid=grid, spacing=spacing,
                params=params, n_classes=n_classes)
+    try:
+        version = ngff.check_version(ngff_version)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     fingerprint = {"input": job.probabilities, "input_signature": resume.input_signature(src),
                    "shape": list(shape), "block": list(block), "halo": list(halo),
-                   "params": asdict(params), "spacing": list(spacing)}
+                   "params": asdict(params), "spacing": list(spacing),
+                   "ngff_version": version}
     all_blocks = list(itertools.product(*[range(g) for g in grid]))
     done = resume.resume_state(partial, fingerprint, resume=run.resume, stage="segment")
     if done == "complete":  # killed while finishing: every block is there
@@ -470,12 +483,11 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                              seconds=time.perf_counter() - t0)
     if done is None:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        root = zarr.open_group(str(partial), mode="w", zarr_format=3)
+        root = ngff.new_group(partial, version)
         work = root.create_group(WORK_DIR)
-        work.create_array("pieces", shape=shape, chunks=block, dtype=np.uint32, fill_value=0)
-        work.create_array("halos", shape=(*grid, *job.window_max),
-                          chunks=(*(1,) * ndim, *job.window_max), dtype=np.uint32,
-                          fill_value=0)
+        ngff.create_array(work, "pieces", shape=shape, chunks=block, dtype=np.uint32)
+        ngff.create_array(work, "halos", shape=(*grid, *job.window_max),
+                          chunks=(*(1,) * ndim, *job.window_max), dtype=np.uint32)
         os.makedirs(job.work("sizes"))
         (partial / resume.DONE_DIR).mkdir()
         # last: a store without it is not resumed
@@ -517,10 +529,8 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                                                      spacing)
             root = zarr.open_group(str(partial), mode="r+")
             if "0" not in root:
-                root.create_array("0", shape=shape, chunks=block, dtype=dtype, fill_value=0,
-                                  dimension_names=list(img.spatial_axes))
-            set_multiscale_metadata(root, axes=img.spatial_axes, unit=img.unit,
-                                    scales=[list(img.spacing)], name="labels")
+                ngff.create_array(root, "0", shape=shape, chunks=block, dtype=dtype,
+                                  axes=img.spatial_axes)
             # pass 4: final ids, holes filled
             todo = [b for b in all_blocks if (4, *b) not in done]
             fill = _hole_pixels(params, spacing)
@@ -538,9 +548,16 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
                           "params": asdict(params), "mode": mode_of(n_classes),
                           "objects": int(n_objects), "block": list(block), "halo": list(halo)})
             root.attrs["unetpipe"] = attrs
-            ome = dict(root.attrs["ome"])
-            ome["image-label"] = {"version": ome.get("version")}
-            root.attrs["ome"] = ome
+            # the pyramid (picked pixels, never averaged ids) and its metadata
+            level = 1
+            while str(level) in root:  # levels of a run killed while writing them
+                del root[str(level)]
+                level += 1
+            add_levels(root, axes=img.spatial_axes, spacing=img.spacing, unit=img.unit,
+                       levels=pyramid_depth(shape, block), name="labels", labels=True,
+                       origin=img.origin)
+            ngff.write_metadata(root, image_label=ngff.image_label(
+                version, source=_label_source(source, src, out)))
         finally:
             _clear_arrays()
             if client is not None:
@@ -557,6 +574,19 @@ def segment_store(probabilities: str | os.PathLike, out: str | os.PathLike, *,
              "outside the size range) in %.1f s: %.3g voxels/s", src, out, result.objects,
              result.pieces, result.merges, result.removed, seconds, result.voxels_per_second)
     return result
+
+
+def _label_source(source, probabilities: str, out: Path) -> str | None:
+    """Where a labels store's image is, relative to the store (None: nowhere)."""
+    if source == "auto":
+        from ..io.images import group_attributes
+
+        found = (group_attributes(Path(probabilities)) or {}).get("unetpipe") or {}
+        pre = found.get("source") if isinstance(found, dict) else None
+        source = pre if isinstance(pre, str) and os.path.isdir(pre) else probabilities
+    if source is None:
+        return None
+    return os.path.relpath(os.path.abspath(os.fspath(source)), os.path.abspath(out))
 
 
 def _describe(params: SegmentParams, n_classes: int) -> str:
