@@ -1,6 +1,14 @@
 """Fixtures shared by the test modules."""
 
+import os
+import tempfile
+
 import pytest
+
+# napari's settings (reader preferences among them) in a folder of the session's
+# own, never the user's: set before napari reads where they are
+os.environ["NAPARI_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="unetpipe-napari-"),
+                                           "settings.yaml")
 
 
 @pytest.fixture

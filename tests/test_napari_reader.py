@@ -18,7 +18,9 @@ from segment_data import probabilities_from_labels, write_probabilities
 
 from unetpipe.core.cluster import Execution
 from unetpipe.inputs.synth import synthetic_nuclei
+from unetpipe.io import ngff
 from unetpipe.io.images import (
+    ngff_metadata,
     read_image,
     set_multiscale_metadata,
     write_ome_zarr,
@@ -36,25 +38,36 @@ from unetpipe.io.images import store_kind  # noqa: E402
 from unetpipe.plugin.reader import napari_get_reader  # noqa: E402
 
 
-def make_results(root: Path, *, shape, spacing, chunks, seed, samples=("a",)):
-    """A results folder as the workflow writes it, for small synthetic images."""
+def make_results(root: Path, *, shape, spacing, chunks, seed, samples=("a",), version=None,
+                 origin=None):
+    """A results folder as the workflow writes it, for small synthetic images (in
+    NGFF ``version``; the raw images placed at ``origin``, in micrometres)."""
     for k, name in enumerate(samples):
         image, labels = synthetic_nuclei(shape, spacing=spacing, seed=seed + k)
         axes = "zyx"[-len(shape):]
-        write_tiff(root / "raw" / f"{name}.tif", image, axes=axes, spacing=spacing)
+        if origin is None:
+            raw = root / "raw" / f"{name}.tif"
+            write_tiff(raw, image, axes=axes, spacing=spacing)
+        else:  # an OME-Zarr input: the format that carries a position
+            raw = root / "raw" / f"{name}.ome.zarr"
+            write_ome_zarr(raw, image, axes=axes, spacing=spacing, unit="micrometer",
+                           origin=origin)
         write_tiff(root / "raw" / f"{name}_labels.tif", labels.astype(np.uint16), axes=axes,
                    spacing=spacing)
         pre = root / "results" / "preprocessed" / f"{name}.ome.zarr"
-        preprocess_file(root / "raw" / f"{name}.tif", pre,
-                        labels_path=root / "raw" / f"{name}_labels.tif", chunks=chunks,
-                        pyramid_levels=2, progress=False)
+        preprocess_file(raw, pre, labels_path=root / "raw" / f"{name}_labels.tif",
+                        chunks=chunks, pyramid_levels=2, progress=False, ngff_version=version)
         write_targets(pre, root / "results" / "targets" / f"{name}.zarr", mode="three_class",
                       sigma=2.0, progress=False)
         probs = root / "results" / "probabilities" / f"{name}.ome.zarr"
         write_probabilities(probs, probabilities_from_labels(labels, seed=k),
-                            spacing=list(spacing), chunks=chunks)
+                            spacing=list(spacing), chunks=chunks, version=version or "0.4",
+                            origin=origin,
+                            attrs={"source": str(pre),
+                                   "classes": ["background", "interior", "boundary"]})
         segment_store(probs, root / "results" / "labels" / f"{name}.ome.zarr",
-                      params=SegmentParams(min_size=0.0), execution=Execution(progress=False))
+                      params=SegmentParams(min_size=0.0), execution=Execution(progress=False),
+                      ngff_version=version)
     return root / "results"
 
 
@@ -97,7 +110,7 @@ def test_results_folder_gives_every_sample_s_layers_lazily_with_the_spacing(resu
     assert kinds["a ground truth"] == kinds["a targets"] == kinds["a labels"] == "labels"
 
     pre = results_2d / "preprocessed" / "a.ome.zarr"
-    n_levels = len(zarr.open_group(str(pre), mode="r").attrs["ome"]["multiscales"][0]
+    n_levels = len(ngff_metadata(zarr.open_group(str(pre), mode="r").attrs)["multiscales"][0]
                    ["datasets"])
     assert n_levels == 2  # 96 -> 48; 24 would be below the 32-pixel minimum
     image, meta, _ = layers["a image"]
@@ -209,7 +222,8 @@ def test_stores_outside_a_results_folder_are_known_by_their_attributes(results_2
     probs = lone / "p.ome.zarr"
     shutil.copytree(results_2d / "probabilities" / "a.ome.zarr", probs)
     group = zarr.open_group(str(probs), mode="r+")
-    assert napari_get_reader(str(probs)) is None  # no unetpipe attributes yet
+    group.attrs.put({k: v for k, v in group.attrs.items() if k != "unetpipe"})
+    assert napari_get_reader(str(probs)) is None  # no unetpipe attributes
     group.attrs["unetpipe"] = {"stage": "predict", "classes": ["background", "cell", "edge"]}
     assert list(read(probs)) == [("p P(background)", "p P(cell)", "p P(edge)")]
     assert read(probs)[("p P(background)", "p P(cell)", "p P(edge)")][1]["colormap"] == [
@@ -235,6 +249,203 @@ def test_other_paths_are_left_to_other_readers(results_2d, tmp_path):
     both = napari_get_reader([str(results_2d / "labels" / "a.ome.zarr"),
                               str(results_2d / "labels" / "b.ome.zarr")])
     assert len(both("ignored")) == 2 * 6
+
+
+# --- NGFF 0.4 and 0.5: other readers, napari's reader choice, positions --------------
+
+ORIGIN = (100.0, -20.0)  # micrometres
+
+
+@pytest.fixture(scope="module", params=["0.4", "0.5"])
+def placed(request, tmp_path_factory):
+    """A results folder in either NGFF version whose image lies at ORIGIN."""
+    return make_results(tmp_path_factory.mktemp(f"placed{request.param}"), shape=(96, 96),
+                        spacing=(0.5, 0.5), chunks=(32, 32), seed=3, version=request.param,
+                        origin=ORIGIN), request.param
+
+
+def test_every_store_validates_and_opens_with_ome_zarr_py(placed):
+    results, version = placed
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+
+    pre, probs, labels = (results / stage / "a.ome.zarr"
+                          for stage in ("preprocessed", "probabilities", "labels"))
+    kinds = {path: type(ngff.validate(path)) for path in (pre, probs, labels,
+                                                          pre / "labels" / "gt")}
+    assert [k.__name__ for k in kinds.values()] == ["Image", "Image", "ImageLabel",
+                                                     "ImageLabel"]
+    assert {k.__module__.split(".")[1] for k in kinds.values()} == {f"v0{version[-1]}"}
+    meta = ngff_metadata(zarr.open_group(str(labels), mode="r").attrs)
+    assert meta["image-label"]["source"] == {"image": "../../preprocessed/a.ome.zarr"}
+    ms = meta["multiscales"][0]
+    assert ms["type"] == "nearest" and ms["datasets"][0]["coordinateTransformations"][1] == {
+        "type": "translation", "translation": list(ORIGIN)}
+    # ome-zarr-py: the labels store opens as its image (found by "source") plus the labels
+    nodes = list(Reader(parse_url(str(labels)))())
+    specs = [{type(s) for s in node.specs} for node in nodes]
+    assert any(Label in s for s in specs) and any(Label not in s and Multiscales in s
+                                                 for s in specs)
+    image = next(n for n, s in zip(nodes, specs, strict=True) if Label not in s)
+    assert image.data[0].shape == zarr.open_array(str(pre / "0"), mode="r").shape
+    # the probabilities' channels carry the class names
+    (node,) = Reader(parse_url(str(probs)))()
+    assert node.metadata["channel_names"] == ["background", "interior", "boundary"]
+
+
+def test_napari_opens_our_outputs_with_no_plugin_named(placed, make_napari_viewer, tmp_path):
+    """With napari-ome-zarr installed as well: napari's reader chooser for any
+    folder until `unetpipe view` set the preferences; then results folders and
+    stores open with unetpipe, at their position; TIFFs are never ours."""
+    from napari.errors import MultipleReaderError
+    from napari.plugins import _npe2
+    from napari.settings import get_settings
+
+    from unetpipe.plugin.reader import prefer_unetpipe
+
+    results, _ = placed
+    viewer = make_napari_viewer()
+    labels = results / "labels" / "a.ome.zarr"
+    assert {"unetpipe", "napari-ome-zarr"} <= set(_npe2.get_readers(str(labels)))
+    tif = tmp_path / "plain.tif"
+    write_tiff(tif, np.zeros((16, 16), np.uint16), axes="yx")
+    (tmp_path / "notes.txt").write_text("hello")
+    assert "unetpipe" not in _npe2.get_readers(str(tif))
+    assert "unetpipe" not in _npe2.get_readers(str(tmp_path / "notes.txt"))
+    # a plain TIFF opens with napari's own reader, preferences or not
+    (layer,) = viewer.open(str(tif), plugin=None)
+    assert "unetpipe" not in layer.metadata
+    settings = get_settings()
+    before = dict(settings.plugins.extension2reader)
+    with pytest.raises(MultipleReaderError):
+        viewer.open(str(results), plugin=None)
+    try:
+        added = prefer_unetpipe([results])
+        assert added[str(results.resolve()) + os.sep] == "unetpipe"
+        layers = viewer.open(str(results), plugin=None)
+        assert [layer.name for layer in layers] == [
+            "a image", "a ground truth", "a P(background)", "a P(interior)", "a P(boundary)",
+            "a targets", "a weights", "a labels"]
+        viewer.layers.clear()
+        # a store of a results folder needs no preference of its own folder
+        layers = viewer.open(str(labels), plugin=None)
+        assert "a labels" in [layer.name for layer in layers]
+        (tif_layer,) = viewer.open(str(tif), plugin=None)
+        assert "unetpipe" not in tif_layer.metadata
+    finally:
+        settings.plugins.extension2reader = before
+    # the labels lie at the image's position: pixel (0, 0) at ORIGIN
+    for name in ("a labels", "a image"):
+        layer = viewer.layers[name]
+        assert tuple(layer.translate) == pytest.approx(ORIGIN)
+        assert tuple(layer.data_to_world((0, 0))) == pytest.approx(ORIGIN)
+        assert tuple(layer.data_to_world((10, 4))) == pytest.approx((105.0, -18.0))
+
+
+def test_unetpipe_view_sets_napari_s_reader_preferences(placed, tmp_path):
+    """`unetpipe view --no-viewer` writes the preferences into napari's settings file,
+    keeping the user's own."""
+    import yaml
+
+    results, _ = placed
+    settings = tmp_path / "napari" / "settings.yaml"
+    settings.parent.mkdir()
+    settings.write_text(yaml.safe_dump({"plugins": {"extension2reader": {"*.czi": "mine"}}}))
+    env = {**os.environ, "NAPARI_CONFIG": str(settings)}
+    unetpipe = Path(sys.executable).with_name("unetpipe")
+    proc = subprocess.run([str(unetpipe), "view", "--no-viewer", str(results)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    prefs = yaml.safe_load(settings.read_text())["plugins"]["extension2reader"]
+    assert prefs == {"*.czi": "mine", "*/preprocessed/*.ome.zarr/": "unetpipe",
+                     "*/probabilities/*.ome.zarr/": "unetpipe", "*/targets/*.zarr/": "unetpipe",
+                     "*/labels/*.ome.zarr/": "unetpipe", f"{results.resolve()}/": "unetpipe"}
+    proc = subprocess.run([str(unetpipe), "view", "--no-viewer", str(tmp_path / "missing")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "missing: not found" in proc.stderr
+
+
+def test_napari_ome_zarr_opens_our_stores(placed, make_napari_viewer):
+    results, _ = placed
+    viewer = make_napari_viewer()
+    (labels,) = viewer.open(str(results / "labels" / "a.ome.zarr"), plugin="napari-ome-zarr")
+    assert type(labels).__name__ == "Labels"
+    # napari-ome-zarr 0.10 takes only the first transformation of a level (the
+    # scale) and so places every 0.4/0.5 image at 0; the scale it does take
+    assert tuple(labels.scale) == pytest.approx((0.5, 0.5))
+    truth = np.asarray(zarr.open_array(str(results / "labels" / "a.ome.zarr" / "0"),
+                                       mode="r"))
+    assert_array_equal(np.asarray(labels.data[0] if labels.multiscale else labels.data), truth)
+    layers = viewer.open(str(results / "probabilities" / "a.ome.zarr"),
+                         plugin="napari-ome-zarr")
+    assert [layer.name.split(": ")[-1] for layer in layers] == [
+        "background", "interior", "boundary"]  # the channels' labels
+    # the preprocessed image with its ground truth (an NGFF image-label of it)
+    layers = viewer.open(str(results / "preprocessed" / "a.ome.zarr"), plugin="napari-ome-zarr")
+    assert sorted(type(layer).__name__ for layer in layers) == ["Image", "Labels"]
+    assert all(tuple(layer.scale) == pytest.approx((0.5, 0.5)) for layer in layers)
+
+
+def test_a_big_labels_store_has_levels_and_zoomed_out_reads_a_coarse_one(
+        tmp_path, make_napari_viewer, monkeypatch):
+    """Segmentation writes a pyramid of picked ids; napari zoomed out on the labels
+    reads chunks of a coarse level only, none of level 0."""
+    from pytestqt.qtbot import QtBot
+    from zarr.storage import LocalStore
+
+    n, block = 2048, 256
+    lab = np.zeros((n, n), np.uint32)
+    yy, xx = np.mgrid[:n, :n]
+    lab[(yy % 32 >= 4) & (xx % 32 >= 4)] = 1  # squares of 28 pixels on a 32 grid
+    probs = tmp_path / "results" / "probabilities" / "big.ome.zarr"
+    write_probabilities(probs, probabilities_from_labels(lab, mode="two_class", noise=0.0),
+                        chunks=(block, block), version="0.4",
+                        attrs={"classes": ["background", "cell"]})
+    labels = tmp_path / "results" / "labels" / "big.ome.zarr"
+    result = segment_store(probs, labels, block=(block, block),
+                           params=SegmentParams(min_size=0.0),
+                           execution=Execution(progress=False))
+    assert result.objects == (n // 32) ** 2
+    root = zarr.open_group(str(labels), mode="r")
+    shapes = [root[d["path"]].shape
+              for d in ngff_metadata(root.attrs)["multiscales"][0]["datasets"]]
+    assert shapes == [(2048, 2048), (1024, 1024), (512, 512), (256, 256)]
+    level0 = np.asarray(root["0"])
+    assert_array_equal(np.asarray(root["3"]), level0[::8, ::8])  # ids picked, never averaged
+    ngff.validate(labels)
+
+    reads = []
+    get = LocalStore.get
+
+    async def counted(self, key, *args, **kwargs):
+        path = Path(self.root) / key
+        if labels in path.parents:  # the other stores (the probabilities) do not count
+            reads.append(path.relative_to(labels).as_posix())
+        return await get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", counted)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(800, 600)
+    viewer.open(str(labels), plugin="unetpipe")
+    layer = viewer.layers["big labels"]
+    assert layer.multiscale and len(layer.data) == 4
+    qtbot = QtBot(viewer.window._qt_window)
+    viewer.reset_view()  # the whole image in a canvas of a few hundred pixels
+    qtbot.waitUntil(lambda: layer.data_level > 0, timeout=10000)
+    qtbot.wait(200)
+    fit = layer.data_level
+    viewer.camera.zoom = viewer.camera.zoom / 8  # and further out: the coarsest level
+    qtbot.waitUntil(lambda: layer.data_level == 3, timeout=10000)
+    qtbot.wait(200)
+
+    def chunks_read(level):
+        return {k for k in reads if k.startswith(f"{level}/")
+                and k.rsplit("/", 1)[-1] not in ngff.METADATA_FILES}
+
+    # level 0 (64 chunks of 256 x 256) is never read; the coarse levels are
+    assert not chunks_read(0), sorted(chunks_read(0))[:5]
+    assert chunks_read(3) == {"3/0/0"}
+    assert 0 < len(chunks_read(fit)) <= 4 ** (3 - fit), (fit, sorted(chunks_read(fit)))
 
 
 class _Computes:

@@ -30,7 +30,7 @@ log = logging.getLogger("unetpipe")
 PREPROCESS_KEYS = (
     "data.axes", "data.spacing", "data.channels",
     "preprocess.percentiles", "preprocess.clip", "preprocess.sample_size",
-    "preprocess.chunks", "preprocess.pyramid_levels",
+    "preprocess.chunks", "preprocess.pyramid_levels", "io.ngff_version",
 )
 TARGETS_KEYS = ("targets.mode", "targets.w0", "targets.sigma", "targets.class_balance")
 MODEL_KEYS = ("model.depth", "model.features", "model.padding", "model.norm", "model.dropout",
@@ -59,11 +59,12 @@ PREDICT_KEYS = (
     "predict.block", "predict.halo", "predict.batch_size", "predict.device", "predict.bf16",
     "predict.tta", "predict.skip_empty", "predict.dtype", "predict.workers",
     "predict.scheduler", "predict.address", "predict.processes", "predict.resume",
+    "io.ngff_version",
 )
 SEGMENT_KEYS = (
     *SEGMENT_SETTINGS,
     "segment.block", "segment.halo", "segment.resume",
-    "segment.scheduler", "segment.address", "segment.processes",
+    "segment.scheduler", "segment.address", "segment.processes", "io.ngff_version",
 )
 TUNE_KEYS = (
     "tune.objective", "tune.windows", "tune.window", *SEGMENT_SETTINGS,
@@ -74,7 +75,7 @@ TUNE_KEYS = (
 APPLY_PREDICT = ("block", "halo", "batch_size", "device", "bf16", "tta", "skip_empty", "dtype")
 APPLY_KEYS = (
     "data.axes", "data.spacing", "data.channels", *SEGMENT_SETTINGS,
-    "predict.block", "predict.batch_size", "predict.device", "predict.tta",
+    "predict.block", "predict.batch_size", "predict.device", "predict.tta", "io.ngff_version",
 )
 # the Dask cluster of SLURM jobs that predict and segment use with scheduler
 # slurm; the rules pass these only then
@@ -143,7 +144,8 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
         spacing=cfg["data"]["spacing"], channels=cfg["data"]["channels"],
         percentiles=pre["percentiles"], clip=pre["clip"], sample_size=pre["sample_size"],
         chunks=pre["chunks"], pyramid_levels=pre["pyramid_levels"],
-        name=sample_name(args.image), progress=not args.quiet,
+        name=sample_name(args.image), ngff_version=cfg["io"]["ngff_version"],
+        progress=not args.quiet,
     )
     labels = f"; labels up to id {result.n_labels_max}" if result.n_labels_max else ""
     log.info(
@@ -258,6 +260,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         batch_size=cfg["batch_size"], device=cfg["device"], bf16=cfg["bf16"], tta=cfg["tta"],
         skip_empty=cfg["skip_empty"], dtype=cfg["dtype"],
         execution=_execution(args, config, "predict"),
+        ngff_version=config["io"]["ngff_version"],
     )
     log.info("predict: %s: shape %s, classes %s, %d blocks of %s (%d computed, %d skipped as "
              "empty, %d done before) on %s; %s in %s", result.output,
@@ -282,7 +285,8 @@ def cmd_segment(args: argparse.Namespace) -> None:
                                          f"{probs.spatial_shape}")
     params, settings = _segment_params(args, cfg)
     result = segment_store(args.probabilities, args.output, params=params, block=cfg["block"],
-                           halo=cfg["halo"], execution=_execution(args, config, "segment"))
+                           halo=cfg["halo"], execution=_execution(args, config, "segment"),
+                           ngff_version=config["io"]["ngff_version"])
     log.info("segment: settings %s", settings)
     if args.table:
         from .stages.measure import measure_store, write_table
@@ -313,7 +317,8 @@ def cmd_apply(args: argparse.Namespace) -> None:
         predict={k: config["predict"][k] for k in APPLY_PREDICT},
         data={k: config["data"][k] for k in ("axes", "spacing", "channels")},
         tiff=args.tiff, probabilities=args.probabilities, keep_work=args.keep_work,
-        execution=_execution(args, config, "predict"), progress=not args.quiet)
+        execution=_execution(args, config, "predict"), progress=not args.quiet,
+        ngff_version=config["io"]["ngff_version"])
     total = len(result.images) + len(result.failures)
     log.info("apply: %s: %d of %d image(s) segmented, %d skipped (done before), %d failed; "
              "%d objects in all; in %s", args.out, len(result.done), total,
@@ -409,6 +414,33 @@ def cmd_config(args: argparse.Namespace) -> None:
         print("# samples")
         for s in sample_table(cfg).values():
             print(f"# {s.name}: {','.join(s.roles)}  {s.image}  labels={s.labels}")
+
+
+def cmd_view(args: argparse.Namespace) -> None:
+    try:
+        import napari
+    except ImportError:
+        raise UnetpipeError("unetpipe view needs napari: pip install 'unetpipe[napari]'") \
+            from None
+    from napari.settings import get_settings
+
+    from .plugin.reader import napari_get_reader, prefer_unetpipe
+
+    for path in args.paths:
+        if not os.path.exists(path):
+            raise InputError(path, "not found")
+    folders = [p for p in args.paths if os.path.isdir(p) and napari_get_reader(p) is not None]
+    settings = get_settings()
+    added = prefer_unetpipe(folders, settings=settings)
+    settings.save()
+    log.info("view: napari now opens these with unetpipe (its reader preferences, in %s): %s",
+             settings.config_path, ", ".join(added))
+    if args.no_viewer:
+        return
+    viewer = napari.Viewer()
+    for path in args.paths:
+        viewer.open(path, plugin=None)  # napari picks the reader, by the preferences
+    napari.run()
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -780,6 +812,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Config file (default: the built-in defaults).")
     p.add_argument("--samples", action="store_true", help="Also list the sample table.")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("view", help="Open results in napari, and make napari open unetpipe's "
+                                    "outputs with unetpipe's reader from now on.",
+                       description="Add napari reader preferences under which napari opens "
+                                   "every store of a results folder (preprocessed, "
+                                   "probabilities, targets, labels), and each results or stage "
+                                   "folder given, with unetpipe's reader, without the reader "
+                                   "chooser: for 'napari PATH', drag and drop and File > Open "
+                                   "as well. Then start napari with the paths given.")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="Results folders, stage folders or stores to open.")
+    p.add_argument("--no-viewer", action="store_true",
+                   help="Only set the preferences; start no viewer.")
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("report", help="Figures and tables for `snakemake --report`.",
                        description="Write one item of the workflow's report: a sample's "

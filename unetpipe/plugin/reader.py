@@ -22,6 +22,16 @@ name                       type    from
 ``{s} labels``             labels  ``labels/{s}.ome.zarr``
 =========================  ======  ===============================================
 
+Which reader napari uses: the manifest claims Zarr stores and folders only,
+but napari counts every reader that accepts folders (its builtins,
+napari-ome-zarr, ...) able to read any folder, so that a folder opened
+without naming a plugin (``napari results/``, drag and drop, File > Open,
+``viewer.open(path, plugin=None)``) gets a chooser, unless napari's reader
+preferences name one. :func:`prefer_unetpipe` (``unetpipe view``) adds those
+preferences for unetpipe's stores wherever they lie in a results folder and
+for given results folders; napari's own ``viewer.open(path)`` reads with its
+builtins unless ``plugin`` is given.
+
 Everything is lazy: the reader reads metadata only, each pyramid level is a
 Dask array over its Zarr array, and contrast limits are set from what the
 stages write (normalised intensities, probabilities in [0, 1]), so napari
@@ -335,3 +345,34 @@ def napari_get_reader(path: str | os.PathLike | Sequence[str | os.PathLike]):
                 for layer in sample_layers(sample)]
 
     return read_unetpipe
+
+
+# --- napari's reader preferences ----------------------------------------------------
+
+
+def reader_preferences(folders: Sequence[str | os.PathLike] = ()) -> dict[str, str]:
+    """napari reader preferences (``settings.plugins.extension2reader``: a
+    pattern of folder paths -> plugin) under which napari opens unetpipe's
+    outputs with this reader, without asking.
+
+    Every stage store of a results folder (``*/labels/*.ome.zarr/`` and so on,
+    wherever the results folder is), and each of ``folders`` (results or stage
+    folders: their names are free, so each is named by its full path).
+    """
+    prefs = {f"*{os.sep}{stage}{os.sep}*{suffix}{os.sep}": "unetpipe"
+             for stage, suffix in STORES.items()}
+    for folder in folders:
+        prefs[os.path.realpath(os.fspath(folder)).rstrip(os.sep) + os.sep] = "unetpipe"
+    return prefs
+
+
+def prefer_unetpipe(folders: Sequence[str | os.PathLike] = (), *, settings=None) -> dict:
+    """Add :func:`reader_preferences` to napari's settings (saved with them) and
+    return what was added; preferences for other patterns are kept."""
+    if settings is None:
+        from napari.settings import get_settings
+
+        settings = get_settings()
+    added = reader_preferences(folders)
+    settings.plugins.extension2reader = {**settings.plugins.extension2reader, **added}
+    return added
