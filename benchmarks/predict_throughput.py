@@ -5,8 +5,11 @@ default settings (windows of block + halo read lazily from a preprocessed
 OME-Zarr store, mirror-padded, batched through the network by Dask threads,
 softmax, cropped, written to the output store and recorded for resume;
 the whole call is timed, checkpoint loading included) / voxels per second
-of the same model's forward pass over the same windows already in memory,
-with the same threads (the limit: no reading, no writing, no softmax).
+of the same network's forward pass, as predict runs it (BatchNorm folded
+into the convolutions, channels-last memory format, the heap keeping its
+buffers), over the same windows already in memory, with the same threads
+(the limit: no reading, no writing, no softmax). The windows are those of
+predict's first, untimed call (its ``auto`` halo measured there).
 
 The limit is measured two ways, and the faster one is used:
 
@@ -17,8 +20,9 @@ The limit is measured two ways, and the faster one is used:
 
 Pipeline and limit are timed alternately, ``--repeat`` times; the medians
 are compared. Target: >= 0.85 on CPU with the defaults (a 2048 x 2048 image,
-the default U-Net of the config, depth 4 and 16 features, blocks of 512 x
-512 with the halo from the receptive field).
+the default U-Net of the config, depth 4 and 16 features, random weights
+with trained-looking BatchNorm statistics, blocks of 512 x 512 with the
+``auto`` halo).
 
 Usage::
 
@@ -42,31 +46,39 @@ import torch
 from unetpipe.core.cluster import Execution
 from unetpipe.core.config import defaults
 from unetpipe.core.device import select_device
+from unetpipe.core.memory import reuse_large_buffers
 from unetpipe.io.images import write_ome_zarr
 from unetpipe.nn.checkpoint import FORMAT, VERSION, build_model, save_checkpoint
 from unetpipe.nn.model import UNet
 from unetpipe.nn.models import load_checkpoint
-from unetpipe.nn.tiles import block_origins, read_window, tiling
+from unetpipe.nn.tiles import block_origins, channels_last, fold_batchnorm, read_window
 from unetpipe.stages.predict import default_workers, predict_store
+
+
+def random_checkpoint(path: str, *, ndim: int, spacing=None, unit=None, **net) -> str:
+    """A checkpoint of a U-Net (1 channel in, 3 classes out, ``net`` its other
+    settings) with random weights and trained-looking BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = UNet(ndim=ndim, in_channels=1, out_channels=3, **net)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.running_var.uniform_(0.5, 2.0)
+    save_checkpoint({"format": FORMAT, "version": VERSION, "iteration": 0,
+                     "model": {"class": "UNet", "config": model.config,
+                               "state_dict": model.state_dict()},
+                     "targets": {"mode": "three_class"},
+                     "data": {"ndim": ndim, "channels": 1,
+                              "spacing": list(spacing or [1.0] * ndim), "unit": unit}}, path)
+    return path
 
 
 def make_inputs(folder: str, size, config) -> tuple[str, str]:
     """A default-config U-Net checkpoint (random weights, trained-looking
     BatchNorm statistics) and a smooth synthetic image as a preprocessed store."""
     m = config["model"]
-    torch.manual_seed(0)
-    model = UNet(ndim=len(size), in_channels=1, out_channels=3, depth=m["depth"],
-                 features=m["features"], padding=m["padding"], norm=m["norm"])
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            mod.running_var.uniform_(0.5, 2.0)
-    ckpt = os.path.join(folder, "model.pt")
-    save_checkpoint({"format": FORMAT, "version": VERSION, "iteration": 0,
-                     "model": {"class": "UNet", "config": model.config,
-                               "state_dict": model.state_dict()},
-                     "targets": {"mode": "three_class"},
-                     "data": {"ndim": len(size), "channels": 1, "spacing": [1.0] * len(size),
-                              "unit": None}}, ckpt)
+    ckpt = random_checkpoint(os.path.join(folder, "model.pt"), ndim=len(size),
+                             depth=m["depth"], features=m["features"], padding=m["padding"],
+                             norm=m["norm"])
     grids = np.meshgrid(*[np.linspace(0, 40, s, dtype=np.float32) for s in size],
                         indexing="ij", sparse=True)
     image = (0.5 + 0.25 * sum(np.sin(g * (1.0 + 0.3 * i)) for i, g in enumerate(grids)))
@@ -81,8 +93,9 @@ def make_inputs(folder: str, size, config) -> tuple[str, str]:
 def limit_seconds(model, windows, *, workers: int, torch_threads: int, batch: int,
                   device) -> float:
     """Seconds for the bare forward passes over in-memory windows."""
+    fmt = torch.channels_last if windows[0].ndim == 3 else torch.channels_last_3d
     batches = [torch.from_numpy(np.stack(windows[i:i + batch])).to(device)
-               for i in range(0, len(windows), batch)]
+               .contiguous(memory_format=fmt) for i in range(0, len(windows), batch)]
 
     def run(x):
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
@@ -122,10 +135,15 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="unetpipe-predict-bench-")
     try:
         ckpt, store = make_inputs(folder, args.size, config)
-        model = build_model(load_checkpoint(ckpt)).to(device)
-        block, window, offset = tiling(model.config, args.size, block=pcfg["block"],
-                                       halo=pcfg["halo"])
-        workers = pcfg["workers"] or default_workers(args.threads)
+        # the network as predict runs it: BatchNorm folded, channels last
+        model = channels_last(fold_batchnorm(build_model(load_checkpoint(ckpt)))).to(device)
+        # the windows predict uses (its halo, "auto", is measured at its first call)
+        first = predict_store(ckpt, store, os.path.join(folder, "warm.ome.zarr"),
+                              device=args.device, block=pcfg["block"], halo=pcfg["halo"],
+                              execution=Execution(threads=args.threads, progress=False))
+        block, window = first.block, first.window
+        offset = tuple((w - b) // 2 for w, b in zip(window, block, strict=True))
+        workers = pcfg["workers"] or default_workers(args.threads, device.type)
         torch_threads = max(1, args.threads // workers)
         batch = pcfg["batch_size"] or (4 if device.type == "cuda" else 1)
         image = np.zeros((1, *args.size), np.float32)
@@ -141,7 +159,8 @@ def main() -> None:
               f"{'x'.join(map(str, window))} ({len(origins) * math.prod(window) / 1e6:.1f} "
               f"Mvoxel with halo), device {device}, {args.threads} threads: "
               f"{workers} Dask thread(s) x {torch_threads} torch thread(s), batch {batch}")
-        # warm-up: allocator, oneDNN kernels
+        # warm-up: allocator, oneDNN kernels; the heap as predict keeps it
+        reuse_large_buffers()
         limit_seconds(model, windows[:2], workers=1, torch_threads=args.threads, batch=batch,
                       device=device)
         pipe, same, single = [], [], []

@@ -141,7 +141,7 @@ def pack(tuned_path: Path, install: Path, recipe: dict) -> dict:
     ckpt = read_checkpoint(tuned_path)
     keep = ("format", "version", "unetpipe_version", "torch_version", "created", "model",
             "normalization", "targets", "data", "config", "iteration", "val_ap", "val_mean_ap",
-            "val_select", "val_iou", "finished", "segment_params")
+            "val_select", "val_iou", "finished", "segment_params", "effective_halo")
     packed = {k: ckpt[k] for k in keep if k in ckpt}
     state = {k: (v.half() if v.is_floating_point() else v)
              for k, v in ckpt["model"]["state_dict"].items()}
@@ -154,9 +154,42 @@ def pack(tuned_path: Path, install: Path, recipe: dict) -> dict:
     return packed
 
 
+def measure_halo(path: Path, seed: int = 0) -> dict:
+    """Measure a packed model's halo for ``predict.halo: auto`` on a
+    random-domain image like its validation images, and store it in the file
+    (training stores it in the checkpoints it writes; a model packed before
+    that did not carry it)."""
+    import torch
+
+    from unetpipe.inputs.synth import random_domain, synthetic_nuclei
+    from unetpipe.nn.checkpoint import (
+        EFFECTIVE_HALO,
+        build_model,
+        read_checkpoint,
+        save_checkpoint,
+    )
+    from unetpipe.nn.tiles import effective_halo
+    from unetpipe.stages.preprocess import percentile_normalize
+
+    image, _ = synthetic_nuclei((256, 256), seed=[seed, 9, 0], **random_domain(seed))
+    model = build_model(read_checkpoint(path))  # the weights in float32
+    low, high = np.percentile(image, read_checkpoint(path)["normalization"]["percentiles"])
+    crop = np.asarray(percentile_normalize(image.astype(np.float32), low, high),
+                      np.float32)[None]
+    found = effective_halo(model, crop, device=torch.device("cpu"))
+    packed = torch.load(path, weights_only=True)  # as stored: float16 weights stay so
+    packed[EFFECTIVE_HALO] = {**found, "measured_on": f"a random-domain synthetic image "
+                                                      f"(seed {seed})"}
+    save_checkpoint(packed, path)
+    torch.load(path, weights_only=True)
+    return found
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="work folder")
+    parser.add_argument("--measure-halo", type=Path, default=None, metavar="MODEL",
+                        help="only measure the halo of a packed model and store it in it")
+    parser.add_argument("--out", type=Path, help="work folder")
     parser.add_argument("--n-train", type=int, default=96)
     parser.add_argument("--n-val", type=int, default=8)
     parser.add_argument("--shape", type=int, nargs=2, default=(256, 256))
@@ -169,6 +202,11 @@ def main(argv=None) -> None:
     parser.add_argument("--install", type=Path, default=None,
                         help="where the packed model goes (default OUT/starter_2d.pt)")
     args = parser.parse_args(argv)
+    if args.measure_halo is not None:
+        print(measure_halo(args.measure_halo, args.seed))
+        return
+    if args.out is None:
+        parser.error("--out is required")
     out = args.out.resolve()
     install = args.install or out / "starter_2d.pt"
     seconds = {}

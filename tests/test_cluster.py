@@ -177,8 +177,9 @@ def test_workflow_runs_every_job_on_slurm_and_matches_a_local_run(slurm, tmp_pat
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "SLURM jobid" not in proc.stdout + proc.stderr
     there, here = res, local / "results"
-    np.testing.assert_array_equal(_array(here / "probabilities/predict_000.ome.zarr"),
-                                  _array(there / "probabilities/predict_000.ome.zarr"))
+    # one torch thread on the SLURM job's CPU, two here: the same to float rounding
+    np.testing.assert_allclose(_array(here / "probabilities/predict_000.ome.zarr"),
+                               _array(there / "probabilities/predict_000.ome.zarr"), atol=1e-6)
     labels = _array(here / "labels/predict_000.ome.zarr")
     assert labels.max() > 1
     np.testing.assert_array_equal(labels, _array(there / "labels/predict_000.ome.zarr"))
@@ -219,8 +220,9 @@ def test_dask_slurm_cluster_predicts_and_segments_like_the_threaded_scheduler(sl
     reference = predict_store(ckpt, image, tmp_path / "ref.ome.zarr", block=(32, 32),
                               execution=Execution(threads=2, workers=2, progress=False))
     assert on_slurm.computed == reference.computed == 48 and on_slurm.device == "cpu"
-    np.testing.assert_array_equal(_array(tmp_path / "slurm.ome.zarr"),
-                                  _array(tmp_path / "ref.ome.zarr"))
+    # the same to float rounding (the torch threads of a worker job may differ)
+    np.testing.assert_allclose(_array(tmp_path / "slurm.ome.zarr"),
+                               _array(tmp_path / "ref.ome.zarr"), atol=1e-6)
     labels_ref = segment_store(probs, tmp_path / "lr.ome.zarr", params=params, block=(64, 48),
                                execution=Execution(threads=2, progress=False))
     assert labels_slurm.objects == labels_ref.objects > 3 and labels_ref.blocks == 16

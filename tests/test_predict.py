@@ -149,7 +149,7 @@ def test_store_prediction_equals_whole_image_inference(tmp_path, ndim, padding, 
     whole = predict_array(model, image, block=(256,) * ndim)
     for block in blocks:
         out = tmp_path / f"out{'x'.join(map(str, block))}.ome.zarr"
-        result = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=block,
+        result = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=block, halo="exact",
                                execution=Execution(threads=2, progress=False))
         probs = probabilities(out)
         assert probs.shape == (3, *shape) and probs.dtype == np.float32
@@ -157,6 +157,74 @@ def test_store_prediction_equals_whole_image_inference(tmp_path, ndim, padding, 
         n_blocks = np.prod([-(-s // b) for s, b in zip(shape, result.block, strict=True)])
         assert result.blocks == result.computed == n_blocks
         assert zarr.open_array(os.path.join(out, "0")).chunks == (3, *result.block)
+
+
+AUTO_CASES = [
+    (2, dict(depth=3, features=4), (300, 280), (32, 32)),
+    (3, dict(depth=3, features=3, pooling=[(1, 2, 2), (2, 2, 2), (2, 2, 2)]), (12, 80, 72),
+     (12, 32, 32)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ndim,net,shape,block", AUTO_CASES)
+def test_auto_halo_is_within_its_tolerance_of_whole_image_prediction(tmp_path, caplog, ndim,
+                                                                    net, shape, block):
+    """The auto halo, measured at first use on the image's centre, is smaller than
+    the exact one and keeps every probability of the whole image (beyond the
+    centre it was measured on, other block seams) within the tolerance."""
+    from unetpipe.inputs.synth import synthetic_nuclei
+    from unetpipe.nn.tiles import HALO_TOLERANCE, exact_halo
+
+    torch.manual_seed(0)
+    model = trained_looking(UNet(ndim=ndim, out_channels=3, **net))
+    raw, _ = synthetic_nuclei(shape, seed=ndim)
+    image = ((raw - raw.mean()) / raw.std()).astype(np.float32)[None]
+    write_ome_zarr(tmp_path / "in.ome.zarr", image, axes="c" + "zyx"[-ndim:],
+                   spacing=(1.0,) * ndim, chunks=(64,) * ndim)
+    ckpt = save_model(model, tmp_path / "m.pt")
+    caplog.set_level("INFO", logger="unetpipe")
+    result = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "auto.ome.zarr",
+                           block=block, execution=Execution(progress=False))
+    assert "carries no measured halo" in caplog.text
+    halo = [(w - b) // 2 for w, b in zip(result.window, result.block, strict=True)]
+    exact = exact_halo(model.config)
+    assert all(h <= e for h, e in zip(halo, exact, strict=True))
+    assert halo != list(exact), (halo, exact)  # the point: less context than the exact one
+    whole = predict_array(model, image, block=(512,) * ndim)
+    deviation = np.abs(probabilities(tmp_path / "auto.ome.zarr") - whole).max()
+    assert deviation <= HALO_TOLERANCE, deviation
+    # "exact" is whole-image prediction; the measured halo is stored per process
+    exact_out = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "exact.ome.zarr",
+                              block=block, halo="exact", execution=Execution(progress=False))
+    assert [(w - b) // 2 for w, b in zip(exact_out.window, exact_out.block, strict=True)] == \
+        list(exact)
+    assert np.abs(probabilities(tmp_path / "exact.ome.zarr") - whole).max() <= 1e-4
+
+
+def test_the_halo_stored_with_the_model_is_used_without_measuring(tmp_path, caplog):
+    from unetpipe.nn.checkpoint import EFFECTIVE_HALO, read_checkpoint
+
+    torch.manual_seed(0)
+    model = trained_looking(UNet(ndim=2, depth=2, features=3, out_channels=3))
+    ckpt = save_model(model, tmp_path / "m.pt")
+    payload = read_checkpoint(ckpt)
+    payload[EFFECTIVE_HALO] = {"halo": [4, 8], "exact": [24, 24], "tolerance": 1e-3,
+                               "deviation": 0.0, "shape": [64, 64]}
+    save_checkpoint(payload, ckpt)
+    write_ome_zarr(tmp_path / "in.ome.zarr", np.zeros((1, 64, 64), np.float32), axes="cyx",
+                   spacing=(1.0, 1.0))
+    caplog.set_level("INFO", logger="unetpipe")
+    result = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "o.ome.zarr",
+                           block=(32, 32), execution=Execution(progress=False))
+    assert result.window == (40, 48)  # the stored halo, on the pooling grid (4)
+    assert "measured" not in caplog.text
+    # another tolerance: measured anew
+    predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "p.ome.zarr", block=(32, 32),
+                  halo_tolerance=1e-2, execution=Execution(progress=False))
+    assert "carries no measured halo" in caplog.text
+    with pytest.raises(ConfigError, match=r"'predict\.halo'"):
+        predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "q.ome.zarr", halo="big")
 
 
 def test_whole_image_reference_is_the_network_on_the_mirrored_image(tmp_path):
@@ -172,7 +240,8 @@ def test_whole_image_reference_is_the_network_on_the_mirrored_image(tmp_path):
     write_ome_zarr(tmp_path / "in.ome.zarr", image, axes="cyx", spacing=(1.0, 1.0),
                    chunks=(16, 16))
     predict_store(save_model(model, tmp_path / "m.pt"), tmp_path / "in.ome.zarr",
-                  tmp_path / "out.ome.zarr", block=(12, 20), execution=Execution(progress=False))
+                  tmp_path / "out.ome.zarr", block=(12, 20), halo="exact",
+                  execution=Execution(progress=False))
     assert np.abs(probabilities(tmp_path / "out.ome.zarr") - ref).max() <= 1e-5
 
 
@@ -214,14 +283,17 @@ def test_flip_tta_is_the_mean_over_flipped_inputs(tmp_path):
                    chunks=(16, 16))
     ckpt = save_model(model, tmp_path / "m.pt")
     plain = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "a.ome.zarr", block=(48, 40),
+                          halo="exact",
                           execution=Execution(progress=False))
     assert plain.computed == 1
     predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "b.ome.zarr", block=(48, 40),
+                  halo="exact",
                   tta=True, execution=Execution(progress=False))
     tta = probabilities(tmp_path / "b.ome.zarr")
     assert np.abs(tta - ref).max() <= 1e-5
     assert np.abs(tta - probabilities(tmp_path / "a.ome.zarr")).max() > 1e-3
     predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "c.ome.zarr", block=(16, 24),
+                  halo="exact",
                   tta=True, execution=Execution(progress=False))
     assert np.abs(probabilities(tmp_path / "c.ome.zarr") - tta).max() <= 1e-4
 
@@ -322,12 +394,12 @@ def test_changed_settings_start_afresh_and_unchanged_ones_resume(tmp_path, caplo
     out = tmp_path / "o.ome.zarr"
     part = partial_path(out)
     # a partial store left by a run with another block size: not reused
-    predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(16, 16),
+    predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(16, 16), halo="exact",
                   execution=Execution(progress=False))
     os.rename(out, part)
     (part / DONE_DIR).mkdir()
     caplog.set_level("INFO", logger="unetpipe")
-    result = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(32, 32),
+    result = predict_store(ckpt, tmp_path / "in.ome.zarr", out, block=(32, 32), halo="exact",
                            execution=Execution(progress=False))
     assert result.resumed == 0 and result.computed == 4
     assert "starting afresh" in caplog.text and "block" in caplog.text
@@ -449,7 +521,7 @@ def test_distributed_cluster_loads_the_model_once_per_worker(tmp_path):
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         result = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "o.ome.zarr",
-                               block=(16, 16),
+                               block=(16, 16), halo="exact",
                                execution=Execution(scheduler="distributed", address=cluster.scheduler_address, threads=2, workers=2, progress=False))
         loads = client.run(lambda: list(__import__("unetpipe.stages.predict").stages.predict.MODEL_LOADS))
     assert result.computed == 30
@@ -470,12 +542,14 @@ def test_cuda_prediction_matches_the_cpu(tmp_path):
     image = np.random.default_rng(0).random((1, 20, 70, 60)).astype(np.float32)
     write_ome_zarr(tmp_path / "in.ome.zarr", image, axes="czyx", spacing=(1.0, 1.0, 1.0))
     cpu = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "cpu.ome.zarr",
-                        block=(8, 32, 32), device="cpu", execution=Execution(progress=False))
+                        block=(8, 32, 32),
+                        halo="exact", device="cpu", execution=Execution(progress=False))
     fp32 = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "f32.ome.zarr",
-                         block=(8, 32, 32), device="cuda", bf16=False,
+                         block=(8, 32, 32), halo="exact", device="cuda", bf16=False,
                          execution=Execution(progress=False))
     bf16 = predict_store(ckpt, tmp_path / "in.ome.zarr", tmp_path / "bf16.ome.zarr",
-                         block=(16, 64, 64), device="cuda", execution=Execution(progress=False))
+                         block=(16, 64, 64),
+                         halo="exact", device="cuda", execution=Execution(progress=False))
     assert cpu.device == "cpu" and fp32.device.startswith("cuda") and bf16.batch_size == 4
     ref = probabilities(tmp_path / "cpu.ome.zarr")
     # TF32 convolutions by default on CUDA

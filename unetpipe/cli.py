@@ -56,7 +56,8 @@ TRAIN_KEYS = (
 # train takes the segment settings as --segment-NAME (train.foreground is --foreground)
 TRAIN_QUALIFIED = SEGMENT_SETTINGS
 PREDICT_KEYS = (
-    "predict.block", "predict.halo", "predict.batch_size", "predict.device", "predict.bf16",
+    "predict.block", "predict.halo", "predict.halo_tolerance", "predict.batch_size",
+    "predict.device", "predict.bf16",
     "predict.tta", "predict.skip_empty", "predict.dtype", "predict.workers",
     "predict.scheduler", "predict.address", "predict.processes", "predict.resume",
     "io.ngff_version",
@@ -68,14 +69,16 @@ SEGMENT_KEYS = (
 )
 TUNE_KEYS = (
     "tune.objective", "tune.windows", "tune.window", *SEGMENT_SETTINGS,
-    "predict.block", "predict.halo", "predict.batch_size", "predict.device", "predict.bf16",
-    "predict.tta",
+    "predict.block", "predict.halo", "predict.halo_tolerance", "predict.batch_size",
+    "predict.device", "predict.bf16", "predict.tta",
 )
 # apply: the model's run on raw images; the model sets the normalisation
-APPLY_PREDICT = ("block", "halo", "batch_size", "device", "bf16", "tta", "skip_empty", "dtype")
+APPLY_PREDICT = ("block", "halo", "halo_tolerance", "batch_size", "device", "bf16", "tta",
+                 "skip_empty", "dtype")
 APPLY_KEYS = (
     "data.axes", "data.spacing", "data.channels", *SEGMENT_SETTINGS,
-    "predict.block", "predict.batch_size", "predict.device", "predict.tta", "io.ngff_version",
+    "predict.block", "predict.halo", "predict.halo_tolerance", "predict.batch_size",
+    "predict.device", "predict.tta", "io.ngff_version",
 )
 # the Dask cluster of SLURM jobs that predict and segment use with scheduler
 # slurm; the rules pass these only then
@@ -209,7 +212,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
         args.checkpoint, args.output, params_path=args.params, val_stores=args.val_images,
         train_stores=args.train_images, section=config["segment"], objective=cfg["objective"],
         windows=cfg["windows"], window=cfg["window"],
-        predict={k: pcfg[k] for k in ("block", "halo", "batch_size", "device", "bf16", "tta")},
+        predict={k: pcfg[k] for k in ("block", "halo", "halo_tolerance", "batch_size",
+                                      "device", "bf16", "tta")},
         execution=Execution(threads=args.threads, progress=not args.quiet),
         progress=not args.quiet)
     r, p = run.result, run.result.params
@@ -260,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         batch_size=cfg["batch_size"], device=cfg["device"], bf16=cfg["bf16"], tta=cfg["tta"],
         skip_empty=cfg["skip_empty"], dtype=cfg["dtype"],
         execution=_execution(args, config, "predict"),
-        ngff_version=config["io"]["ngff_version"],
+        ngff_version=config["io"]["ngff_version"], halo_tolerance=cfg["halo_tolerance"],
     )
     log.info("predict: %s: shape %s, classes %s, %d blocks of %s (%d computed, %d skipped as "
              "empty, %d done before) on %s; %s in %s", result.output,

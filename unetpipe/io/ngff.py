@@ -79,25 +79,32 @@ def create_group(parent, name: str):
 
 
 def create_array(group, name: str, *, shape: Sequence[int], chunks: Sequence[int], dtype,
-                 axes: str | None = None, fill_value=0):
+                 axes: str | None = None, fill_value=0, fast: bool = False):
     """An array of ``group``, in its Zarr format.
 
     Format 3 arrays name their dimensions (``axes``); format 2 arrays use
-    ``/`` as chunk key separator and Blosc (zstd, byte shuffle), which the
-    0.4 spec and the Java readers expect, and name their dimensions in the
-    attribute ``_ARRAY_DIMENSIONS`` (xarray's convention).
+    ``/`` as chunk key separator, which the 0.4 spec and the Java readers
+    expect, and name their dimensions in the attribute ``_ARRAY_DIMENSIONS``
+    (xarray's convention). Chunks are compressed with Blosc and byte shuffle:
+    zstd, or lz4 when ``fast`` (for arrays written faster than they compress
+    well with zstd: probabilities, written while the network waits).
     """
     shape, chunks = tuple(int(s) for s in shape), tuple(int(c) for c in chunks)
+    cname = "lz4" if fast else "zstd"
     if group.metadata.zarr_format == 3:
+        from zarr.codecs import BloscCodec
+
         return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype,
                                   fill_value=fill_value,
+                                  compressors=BloscCodec(cname=cname, clevel=5,
+                                                         shuffle="shuffle"),
                                   dimension_names=list(axes) if axes else None)
     from numcodecs import Blosc
 
     array = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype,
                                fill_value=fill_value,
                                chunk_key_encoding={"name": "v2", "separator": "/"},
-                               compressors=Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE))
+                               compressors=Blosc(cname=cname, clevel=5, shuffle=Blosc.SHUFFLE))
     if axes:  # the names of the dimensions, as xarray writes them in format 2
         array.attrs[DIMENSIONS_ATTRIBUTE] = list(axes)
     return array

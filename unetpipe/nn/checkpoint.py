@@ -35,6 +35,8 @@ from ..core.errors import InputError
 FORMAT = "unetpipe-checkpoint"
 VERSION = 1
 SEGMENT_PARAMS = "segment_params"
+EFFECTIVE_HALO = "effective_halo"
+"""Checkpoint key of the model's measured halo (:func:`unetpipe.nn.tiles.effective_halo`)."""
 """The checkpoint entry holding the segmentation settings the tune stage chose
 (``unetpipe.stages.tune``); predict copies it into its probability stores."""
 

@@ -45,7 +45,7 @@ def tiling(model_config: dict, spatial_shape: Sequence[int], *,
         at ``o - offset`` of size ``window``; its output is the window's
         output cropped to ``block`` (centred).
     """
-    from .model import border, pooling_factor, receptive_field, valid_input_shape
+    from .model import border, pooling_factor, valid_input_shape
 
     ndim = len(spatial_shape)
     arch = {"ndim": model_config["ndim"], "depth": model_config["depth"],
@@ -59,8 +59,7 @@ def tiling(model_config: dict, spatial_shape: Sequence[int], *,
                   for b, p, s in zip(block, f, spatial_shape, strict=True))
     padding = model_config.get("padding", "same")
     if padding == "same":
-        rf = receptive_field(**arch)
-        halo = tuple(r // 2 for r in rf) if halo is None else tuple(halo)
+        halo = exact_halo(model_config) if halo is None else tuple(halo)
         halo = tuple(_ceil_to(int(h), p) for h, p in zip(halo, f, strict=True))
         window = tuple(b + 2 * h for b, h in zip(block, halo, strict=True))
         return block, window, halo
@@ -129,8 +128,41 @@ def _flip_sets(ndim: int, tta: bool) -> list[tuple[int, ...]]:
     return [c for r in range(ndim + 1) for c in itertools.combinations(axes, r)]
 
 
+def fold_batchnorm(model):
+    """An inference copy of ``model`` with every BatchNorm folded into the convolution
+    before it (the same function in eval mode, to float rounding, with one pass over
+    the data fewer per layer). Other norms stay. Returns the copy, in eval mode."""
+    import copy
+
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    convs = (torch.nn.Conv2d, torch.nn.Conv3d)
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        items = list(module)
+        for i, (conv, norm) in enumerate(itertools.pairwise(items)):
+            if isinstance(conv, convs) and isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+                module[i] = fuse_conv_bn_eval(conv, norm)
+                module[i + 1] = torch.nn.Identity()
+    return model
+
+
+def channels_last(model):
+    """The model with its weights in the channels-last memory format (``channels_last``
+    for 2D, ``channels_last_3d`` for 3D): convolutions run faster so on CPUs (oneDNN)
+    and GPUs (tensor cores). Returns the model."""
+    import torch
+
+    fmt = torch.channels_last if model.config["ndim"] == 2 else torch.channels_last_3d
+    return model.to(memory_format=fmt)
+
+
 def forward_windows(model, windows: np.ndarray, block: Sequence[int], *, device,
-                    amp: bool = False, tta: bool = False) -> np.ndarray:
+                    amp: bool = False, tta: bool = False,
+                    channels_last: bool = False) -> np.ndarray:
     """Class probabilities of a batch of windows, cropped to their blocks.
 
     Parameters
@@ -145,6 +177,9 @@ def forward_windows(model, windows: np.ndarray, block: Sequence[int], *, device,
         bf16 autocast (CUDA only).
     tta : bool
         Average the softmax over all flips of the spatial axes.
+    channels_last : bool
+        Pass the windows in the channels-last memory format (for a model
+        converted by :func:`channels_last`).
 
     Returns
     -------
@@ -157,6 +192,9 @@ def forward_windows(model, windows: np.ndarray, block: Sequence[int], *, device,
         x = x.pin_memory().to(device, non_blocking=True)
     else:
         x = x.to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4
+                         else torch.channels_last_3d)
     flips = _flip_sets(len(block), tta)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                 enabled=amp and device.type == "cuda"):
@@ -172,7 +210,7 @@ def forward_windows(model, windows: np.ndarray, block: Sequence[int], *, device,
         crop = [(n - b) // 2 for n, b in zip(total.shape[2:], block, strict=True)]
         total = total[(slice(None), slice(None),
                        *(slice(c, c + b) for c, b in zip(crop, block, strict=True)))]
-        return total.float().cpu().numpy()
+        return np.ascontiguousarray(total.float().cpu().numpy())
 
 
 def predict_array(model, image, *, block: Sequence[int] | None = None,
@@ -223,6 +261,103 @@ def predict_array(model, image, *, block: Sequence[int] | None = None,
             region, local = _clip(origin, block, spatial)
             out[(slice(None), *region)] = p[(slice(None), *local)]
     return out
+
+
+HALO_TOLERANCE = 1e-3
+"""Default tolerance of the ``auto`` halo: largest change of any probability."""
+
+HALO_STEPS = 8
+"""Candidate halos of :func:`effective_halo`: 1/8, 2/8, ... of the exact one."""
+
+
+def exact_halo(model_config: dict) -> tuple[int, ...]:
+    """Half the receptive field per axis, rounded up to the pooling factor: the
+    halo with which overlap-tile prediction equals whole-image prediction."""
+    from .model import pooling_factor, receptive_field
+
+    arch = {"ndim": model_config["ndim"], "depth": model_config["depth"],
+            "pooling": model_config.get("pooling")}
+    return tuple(_ceil_to(r // 2, p) for r, p in zip(receptive_field(**arch),
+                                                     pooling_factor(**arch), strict=True))
+
+
+def probe_region(spatial_shape: Sequence[int], ndim: int) -> tuple[slice, ...]:
+    """The centre of an image (at most 256 x 256, or 32 x 96 x 96 in a stack) on
+    which :func:`effective_halo` measures."""
+    size = (256, 256) if ndim == 2 else (32, 96, 96)
+    return tuple(slice((n - min(n, c)) // 2, (n - min(n, c)) // 2 + min(n, c))
+                 for n, c in zip(spatial_shape, size, strict=True))
+
+
+def effective_halo(model, image, *, tolerance: float = HALO_TOLERANCE, device=None,
+                   amp: bool = False) -> dict | None:
+    """The smallest halo with which overlap-tile prediction of ``image`` stays
+    within ``tolerance`` of whole-image prediction: the model's effective
+    receptive field, measured.
+
+    The reference is the exact prediction (one window with the exact halo,
+    :func:`exact_halo`). The candidates are 1/8, 2/8, ... of the exact halo,
+    rounded up to the pooling factor, predicted in blocks of half the image
+    per axis, so that block seams cross it; the change falls as the halo
+    grows, so the smallest that passes is found by bisection (three or four
+    predictions).
+
+    Parameters
+    ----------
+    model : unetpipe.nn.model.UNet
+    image : ndarray of shape (C, *S)
+        Real-looking input (a preprocessed image or a crop of one;
+        :func:`probe_region`).
+    tolerance : float
+        Largest allowed change of any class probability at any pixel.
+    device, amp
+        As for :func:`predict_array`.
+
+    Returns
+    -------
+    dict or None
+        ``halo`` (per axis), ``exact`` (the exact halo), ``tolerance``,
+        ``deviation`` (the largest change seen with ``halo``) and ``shape``
+        (what was measured on); None for a valid-padding model (it sets its
+        own context).
+    """
+    from .model import pooling_factor
+
+    cfg = model.config
+    if cfg.get("padding", "same") != "same":
+        return None
+    image = np.asarray(image, dtype=np.float32)
+    spatial = image.shape[1:]
+    factor = pooling_factor(ndim=cfg["ndim"], depth=cfg["depth"], pooling=cfg.get("pooling"))
+    exact = exact_halo(cfg)
+    whole = tuple(_ceil_to(n, p) for n, p in zip(spatial, factor, strict=True))
+    reference = predict_array(model, image, block=whole, halo=exact, device=device, amp=amp)
+    block = tuple(max(p, _ceil_to(n // 2, p)) for n, p in zip(spatial, factor, strict=True))
+    candidates = []
+    for step in range(1, HALO_STEPS + 1):
+        halo = tuple(_ceil_to(math.ceil(e * step / HALO_STEPS), p)
+                     for e, p in zip(exact, factor, strict=True))
+        if halo not in candidates:
+            candidates.append(halo)
+    deviations = {}
+
+    def deviation(i: int) -> float:
+        if i not in deviations:
+            probs = predict_array(model, image, block=block, halo=candidates[i], device=device,
+                                  amp=amp)
+            deviations[i] = float(np.abs(probs - reference).max())
+        return deviations[i]
+
+    # the change falls as the halo grows: the smallest that passes, by bisection
+    low, high = 0, len(candidates) - 1  # the last is the exact halo: it passes
+    while low < high:
+        middle = (low + high) // 2
+        if deviation(middle) <= tolerance:
+            high = middle
+        else:
+            low = middle + 1
+    return {"halo": list(candidates[low]), "exact": list(exact), "tolerance": float(tolerance),
+            "deviation": deviation(low), "shape": list(spatial)}
 
 
 def _check_image_shape(cfg: dict, shape: Sequence[int], what: str) -> None:

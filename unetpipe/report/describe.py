@@ -85,6 +85,7 @@ def checkpoint_info(ckpt: Mapping, *, path: str | None = None) -> dict:
         "bioimageio": dict(ckpt["bioimageio"]) if ckpt.get("bioimageio") else None,
         "segmentation": dict(ckpt["segment_params"]) if ckpt.get("segment_params") else None,
         "starter": dict(ckpt["starter"]) if ckpt.get("starter") else None,
+        "effective_halo": dict(ckpt["effective_halo"]) if ckpt.get("effective_halo") else None,
     }
 
 
@@ -124,6 +125,15 @@ def format_info(info: Mapping) -> str:
              + (f" = {_shape(arch['receptive_field_physical'])} {arch['unit']}"
                 if "receptive_field_physical" in arch and arch.get("unit") != "pixel" else ""),
              f"  smallest input  {_shape(arch['smallest_input'])}"]
+    halo = info.get("effective_halo")
+    if halo:
+        lines.append(f"  halo (auto)     {_shape(halo.get('halo') or [])} pixels (exact "
+                     f"{_shape(halo.get('exact') or [])}): probabilities within "
+                     f"{halo.get('tolerance')} of whole-image prediction (largest change "
+                     f"{float(halo.get('deviation') or 0):.2g}), measured on "
+                     f"{halo.get('measured_on') or 'an image'}")
+    elif arch.get("padding") == "same":
+        lines.append("  halo (auto)     not measured yet: prediction measures it at first use")
     classes = targets.get("classes") or []
     lines += ["targets",
               f"  classes         {', '.join(classes)} ({targets.get('mode')})",

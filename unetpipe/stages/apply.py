@@ -56,8 +56,8 @@ WORK_DIR = ".work"
 DEFAULT_PERCENTILES = (1.0, 99.8)
 """Used (with a warning) for a model that records no normalisation."""
 
-PREDICT_SETTINGS = ("block", "halo", "batch_size", "device", "bf16", "tta", "skip_empty",
-                    "dtype")
+PREDICT_SETTINGS = ("block", "halo", "halo_tolerance", "batch_size", "device", "bf16", "tta",
+                    "skip_empty", "dtype")
 """The keywords of :func:`unetpipe.stages.predict.predict_store` a caller may set."""
 
 
@@ -234,7 +234,7 @@ def model_normalisation(ckpt: Mapping) -> tuple[tuple[float, float], bool]:
 def _check_lengths(settings: Mapping, stage: str, ndim: int, model: str) -> None:
     for key in ("block", "halo"):
         value = settings.get(key)
-        if value is not None and len(value) != ndim:
+        if value is not None and not isinstance(value, str) and len(value) != ndim:
             raise ConfigError(f"config key '{stage}.{key}': {list(value)} has {len(value)} "
                               f"values but the model {model} segments {ndim}D images")
 

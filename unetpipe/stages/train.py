@@ -1059,10 +1059,38 @@ def _finish(run: _Run, *, finished: bool) -> None:
         run.best = {"iteration": run.iteration, "ap": None, "iou": None,
                     "state_dict": _state_dict_cpu(run.model)}
         _keep_best(run)
+    if finished and run.best_path.is_file():
+        _store_effective_halo(run)
     _save_last(run, finished=finished)
     write_history(history, run.out_dir / "history.csv")
     if finished:
         plot_history(history, run.out_dir / "training_curves.png", select=run.tcfg["select"])
+
+
+def _store_effective_halo(run: _Run) -> None:
+    """Measure the best model's halo for ``predict.halo: auto`` on the centre of the
+    first validation image (else the first training image) and store it in
+    ``checkpoint_best.pt`` (:func:`unetpipe.nn.tiles.effective_halo`)."""
+    from ..nn.checkpoint import EFFECTIVE_HALO, build_model, read_checkpoint
+    from ..nn.tiles import effective_halo, probe_region
+
+    ckpt = read_checkpoint(run.best_path)
+    if ckpt["model"]["config"].get("padding", "same") != "same":
+        return  # a valid-padding model sets its own context
+    if run.val_images:
+        name, image = run.val_images[0].name, run.val_images[0].image
+    else:
+        name, image = run.samples[0].name, run.samples[0].image
+    region = probe_region(image.shape[1:], len(image.shape) - 1)
+    crop = np.asarray(image[(slice(None), *region)], dtype=np.float32)
+    t0 = time.perf_counter()
+    found = effective_halo(build_model(ckpt).to(run.device), crop, device=run.device)
+    ckpt[EFFECTIVE_HALO] = {**found, "measured_on": name}
+    save_checkpoint(ckpt, run.best_path)
+    log.info("train: measured halo %s (exact %s): largest change %.2g <= %g against "
+             "whole-image prediction on the centre of %s (%s), in %.1f s; stored in %s",
+             found["halo"], found["exact"], found["deviation"], found["tolerance"], name,
+             "x".join(map(str, found["shape"])), time.perf_counter() - t0, run.best_path)
 
 
 def _state_dict_cpu(module) -> dict:

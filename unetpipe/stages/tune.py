@@ -902,7 +902,8 @@ def tune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
         As for :func:`tune_stores`.
     predict : mapping, optional
         Keyword arguments of :func:`unetpipe.stages.predict.predict_store`
-        (``block``, ``halo``, ``batch_size``, ``device``, ``bf16``, ``tta``),
+        (``block``, ``halo``, ``halo_tolerance``, ``batch_size``, ``device``, ``bf16``,
+        ``tta``),
         as the predict stage will use them.
     execution : unetpipe.core.cluster.Execution, optional
         Threads for the prediction.
