@@ -393,6 +393,8 @@ def test_a_big_labels_store_has_levels_and_zoomed_out_reads_a_coarse_one(
     from pytestqt.qtbot import QtBot
     from zarr.storage import LocalStore
 
+    from unetpipe.plugin.review_widget import camera_of
+
     n, block = 2048, 256
     lab = np.zeros((n, n), np.uint32)
     yy, xx = np.mgrid[:n, :n]
@@ -434,7 +436,8 @@ def test_a_big_labels_store_has_levels_and_zoomed_out_reads_a_coarse_one(
     qtbot.waitUntil(lambda: layer.data_level > 0, timeout=10000)
     qtbot.wait(200)
     fit = layer.data_level
-    viewer.camera.zoom = viewer.camera.zoom / 8  # and further out: the coarsest level
+    camera = camera_of(viewer)
+    camera.zoom = camera.zoom / 8  # and further out: the coarsest level
     qtbot.waitUntil(lambda: layer.data_level == 3, timeout=10000)
     qtbot.wait(200)
 
