@@ -73,11 +73,6 @@ def new_group(path: str | os.PathLike, version=None):
     return zarr.open_group(os.fspath(path), mode="w", zarr_format=zarr_format(version))
 
 
-def create_group(parent, name: str):
-    """A child group of ``parent``, in its format."""
-    return parent.create_group(name)
-
-
 def create_array(group, name: str, *, shape: Sequence[int], chunks: Sequence[int], dtype,
                  axes: str | None = None, fill_value=0, fast: bool = False):
     """An array of ``group``, in its Zarr format.

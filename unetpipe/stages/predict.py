@@ -328,15 +328,16 @@ _MEASURED: dict = {}
 
 
 def resolve_halo(halo, ckpt: dict, img, *, tolerance: float = HALO_TOLERANCE, device=None,
-                 ckpt_path: str | None = None) -> tuple[int, ...] | None:
+                 ckpt_path: str | None = None,
+                 sha256: str | None = None) -> tuple[int, ...] | None:
     """The halo in pixels that ``predict.halo`` names for this model and image.
 
     ``"exact"`` (and None: the former default) gives half the receptive field.
     ``"auto"`` gives the halo stored with the model when training ended
     (``checkpoint["effective_halo"]``, measured for the same tolerance), else
     measures it on the centre of ``img`` (:func:`unetpipe.nn.tiles.effective_halo`),
-    once per model and process. A list is used as given. Valid-padding
-    models set their own context: None.
+    once per model (``sha256``, else that of ``ckpt_path``) and process. A list
+    is used as given. Valid-padding models set their own context: None.
     """
     cfg = ckpt["model"]["config"]
     if cfg.get("padding", "same") != "same":
@@ -349,7 +350,7 @@ def resolve_halo(halo, ckpt: dict, img, *, tolerance: float = HALO_TOLERANCE, de
     if stored.get("halo") and len(stored["halo"]) == cfg["ndim"] \
             and abs(float(stored.get("tolerance", -1)) - tolerance) <= 1e-12:
         return tuple(int(h) for h in stored["halo"])
-    key = (model_sha256(ckpt_path) if ckpt_path else id(ckpt), float(tolerance))
+    key = (sha256 or (model_sha256(ckpt_path) if ckpt_path else id(ckpt)), float(tolerance))
     if key not in _MEASURED:
         import torch
 
@@ -513,13 +514,14 @@ def predict_store(checkpoint: str | os.PathLike, image: str | os.PathLike,
                                              pure=False).result())
         else:
             dev = torch.device(device)
+        sha256 = model_sha256(ckpt_path)
         halo_px = resolve_halo(halo, ckpt, img, tolerance=halo_tolerance,
                                device=dev if client is None else torch.device("cpu"),
-                               ckpt_path=ckpt_path)
+                               ckpt_path=ckpt_path, sha256=sha256)
         block_, window, offset = tiling(cfg, spatial, block=block, halo=halo_px)
         skip = _skip_level(image_path, img, window) if skip_empty is not None else None
         job = _Job(
-            checkpoint=os.path.abspath(ckpt_path), checkpoint_sha=model_sha256(ckpt_path),
+            checkpoint=os.path.abspath(ckpt_path), checkpoint_sha=sha256,
             image=os.path.abspath(image_path), output=os.path.abspath(resume.partial_path(out)),
             channel_axis="c" in img.axes, shape=tuple(spatial), block=tuple(block_),
             window=tuple(window), offset=tuple(offset), device=str(dev),
